@@ -1,0 +1,2 @@
+// @peculiar/x509 relies on decorator metadata.
+import "reflect-metadata"
