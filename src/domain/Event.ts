@@ -1,0 +1,89 @@
+/**
+ * Events: one envelope, and a tagged union of what happened, discriminated by `type`.
+ *
+ * Every state change is appended as one of these. `code` is Teleport's code where one exists, so a
+ * SIEM rule written for Teleport keeps matching. Payloads never hold secrets: password hashes, TOTP
+ * seeds and CA private keys live in the secrets table and are referenced by key id at most.
+ */
+import { Schema } from "effect"
+import { Role, Traits } from "./Role.ts"
+
+/** RFC 3339 with milliseconds, always UTC: `2026-11-21T23:40:51.123Z`. */
+export const Rfc3339Millis = Schema.String.pipe(Schema.pattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/))
+
+export const formatTime = (ms: number): string => new Date(ms).toISOString()
+
+export const UserName = Schema.String.pipe(
+  Schema.pattern(/^[a-zA-Z0-9][a-zA-Z0-9._@+-]{0,127}$/, {
+    message: () => "a user name is 1-128 letters, digits or . _ @ + - and starts with a letter or digit"
+  }),
+  Schema.brand("UserName")
+)
+export type UserName = typeof UserName.Type
+
+// ---------------------------------------------------------------------------------------------
+// Payloads. Field names follow Teleport's audit JSON where the event is an audit event.
+
+export const UserCreated = Schema.Struct({
+  name: Schema.String,
+  roles: Schema.Array(Schema.String),
+  traits: Traits,
+  created_by: Schema.String
+})
+export const UserUpdated = Schema.Struct({
+  name: Schema.String,
+  roles: Schema.Array(Schema.String),
+  traits: Traits
+})
+export const UserDeleted = Schema.Struct({ name: Schema.String })
+export const RoleCreated = Schema.Struct({ name: Schema.String, role: Role })
+export const RoleDeleted = Schema.Struct({ name: Schema.String })
+
+/**
+ * The registry: every event type with its code and payload schema. Adding an event type means
+ * adding a row here; an event whose type or payload does not decode stops replay at its seq.
+ */
+export const EventTypes = {
+  "user.create": { code: "T1002I", payload: UserCreated },
+  "user.update": { code: "T1003I", payload: UserUpdated },
+  "user.delete": { code: "T1004I", payload: UserDeleted },
+  "role.created": { code: "T9000I", payload: RoleCreated },
+  "role.deleted": { code: "T9001I", payload: RoleDeleted }
+} as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
+
+export type EventType = keyof typeof EventTypes
+export type PayloadOf<T extends EventType> = Schema.Schema.Type<(typeof EventTypes)[T]["payload"]>
+
+const variant = <T extends EventType>(type: T) =>
+  Schema.Struct({ type: Schema.Literal(type), payload: EventTypes[type].payload as (typeof EventTypes)[T]["payload"] })
+
+/** What happened: `{ type, payload }`, discriminated by `type`. */
+export const DomainEvent = Schema.Union(
+  variant("user.create"),
+  variant("user.update"),
+  variant("user.delete"),
+  variant("role.created"),
+  variant("role.deleted")
+)
+export type DomainEvent = typeof DomainEvent.Type
+
+/** An event as the store hands it out, with its place in the log and in the chain. */
+export const CommittedEvent = Schema.extend(
+  Schema.Struct({
+    seq: Schema.Int.pipe(Schema.positive()),
+    id: Schema.UUID,
+    code: Schema.String,
+    time: Rfc3339Millis,
+    stream: Schema.String,
+    version: Schema.Int.pipe(Schema.positive()),
+    actor: Schema.String,
+    prev_hash: Schema.String,
+    hash: Schema.String
+  }),
+  DomainEvent
+)
+export type CommittedEvent = typeof CommittedEvent.Type
+
+/** Builds a typed event value, filling in the code from the registry. */
+export const make = <T extends EventType>(type: T, payload: PayloadOf<T>) =>
+  ({ type, code: EventTypes[type].code, payload }) as { readonly type: T; readonly code: string; readonly payload: PayloadOf<T> }
