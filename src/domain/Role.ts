@@ -33,7 +33,7 @@ export class RoleConditions extends Schema.Class<RoleConditions>("RoleConditions
 
 /** A Go-style duration as Teleport writes it: `8h`, `30m`, `1h30m`, `45s`. */
 export const Duration = Schema.String.pipe(
-  Schema.pattern(/^(\d+h)?(\d+m)?(\d+s)?$/),
+  Schema.pattern(/^(\d+h)?(\d+m)?(\d+s)?$/, { message: () => "expected a duration such as 8h, 30m or 1h30m" }),
   Schema.filter((s) => s.length > 0, { message: () => "expected a duration such as 8h, 30m or 1h30m" })
 )
 
@@ -44,7 +44,9 @@ export class RoleOptions extends Schema.Class<RoleOptions>("RoleOptions")({
 }) {}
 
 export const RoleName = Schema.String.pipe(
-  Schema.pattern(/^[a-zA-Z0-9][a-zA-Z0-9._@-]{0,127}$/),
+  Schema.pattern(/^[a-zA-Z0-9][a-zA-Z0-9._@-]{0,127}$/, {
+    message: () => "a role name is 1-128 letters, digits or . _ @ - and starts with a letter or digit"
+  }),
   Schema.brand("RoleName")
 )
 export type RoleName = typeof RoleName.Type
