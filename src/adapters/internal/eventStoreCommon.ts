@@ -1,0 +1,531 @@
+/**
+ * The event store written once against `@effect/sql`'s `SqlClient`; `EventStoreSqlite` and
+ * `EventStorePg` only supply a client and a `Dialect` (DDL, locks, error classification, wake-ups).
+ *
+ * Appends are group-committed: one writer fiber takes every request queued while the previous
+ * transaction was in flight and commits them in one transaction (one fsync for the batch).
+ */
+import { randomUUID } from "node:crypto"
+import type { SqlClient } from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import type { Duration, Scope } from "effect"
+import { Cause, Chunk, Deferred, Effect, Exit, Option, PubSub, Queue, Schedule, Stream } from "effect"
+import { canonicalize, GENESIS_HASH, seal } from "../../domain/Chain.ts"
+import type {
+  AuditIndexEntry,
+  AuditQuery,
+  EventStoreShape,
+  StoredEvent
+} from "../EventStore.ts"
+import { StoreError, VersionConflict } from "../EventStore.ts"
+
+export type StoreErrorReason = StoreError["reason"]
+
+/** What differs between the engines. Everything else is shared. */
+export interface Dialect {
+  readonly name: "sqlite" | "pg"
+  /** Idempotent schema statements, run in one transaction when the layer is built. */
+  readonly ddl: ReadonlyArray<string>
+  /** Runs first in the migration transaction (PG: an advisory lock so two nodes do not race). */
+  readonly migrationLock?: (sql: SqlClient) => Effect.Effect<unknown, SqlError>
+  /** Runs inside the append transaction after the inserts (PG: `pg_notify`, delivered at commit). */
+  readonly notifyCommit?: (sql: SqlClient, lastSeq: number) => Effect.Effect<unknown, SqlError>
+  /** Signals of commits made elsewhere (PG: LISTEN); tails also poll, so this is only latency. */
+  readonly externalCommits?: Stream.Stream<unknown, unknown>
+  /** How the engine's own error (the `cause` of a `SqlError`) maps to a `StoreError` reason. */
+  readonly classify: (cause: unknown) => StoreErrorReason
+  /** How often a tail re-reads when no in-process commit woke it. */
+  readonly pollInterval: Duration.DurationInput
+}
+
+/** Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's and PG's limits. */
+const INSERT_CHUNK = 500
+/** Requests per group commit: bounds the transaction's size and the time the lock is held. */
+const MAX_BATCH = 2048
+const TAIL_PAGE = 1000
+
+interface EventRow {
+  readonly seq: number | string
+  readonly id: string
+  readonly type: string
+  readonly code: string
+  readonly time: string
+  readonly stream: string
+  readonly version: number | string
+  readonly actor: string
+  readonly body: string
+  readonly prev_hash: string
+  readonly hash: string
+}
+
+/** A row as the engine returns it (PG returns BIGINT as a string) to the StoredEvent callers see. */
+export const rowToStored = (r: EventRow): StoredEvent => ({
+  seq: Number(r.seq),
+  id: r.id,
+  type: r.type,
+  code: r.code,
+  time: r.time,
+  stream: r.stream,
+  version: Number(r.version),
+  actor: r.actor,
+  payload: (JSON.parse(r.body) as { payload: unknown }).payload,
+  body: r.body,
+  prev_hash: r.prev_hash,
+  hash: r.hash
+})
+
+const codeOf = (cause: unknown): string | undefined =>
+  typeof cause === "object" && cause !== null && "code" in cause && typeof cause.code === "string"
+    ? cause.code
+    : undefined
+
+/** SQLite result codes (better-sqlite3 puts them on `error.code`, extended codes included). */
+export const classifySqlite = (cause: unknown): StoreErrorReason => {
+  const code = codeOf(cause) ?? ""
+  if (code === "SQLITE_FULL") return "DiskFull"
+  if (code.startsWith("SQLITE_CORRUPT") || code === "SQLITE_NOTADB") return "Corrupt"
+  if (/^SQLITE_(BUSY|LOCKED|CANTOPEN|READONLY|IOERR|PROTOCOL)/.test(code)) return "Unavailable"
+  // better-sqlite3's constructor throws a plain TypeError for a missing directory.
+  if (cause instanceof Error && /cannot open database|does not exist/i.test(cause.message)) return "Unavailable"
+  return "Unknown"
+}
+
+/** SQLSTATE classes and socket errors from node-postgres. */
+export const classifyPg = (cause: unknown): StoreErrorReason => {
+  const code = codeOf(cause) ?? ""
+  if (code === "53100") return "DiskFull"
+  if (code === "XX001" || code === "XX002") return "Corrupt"
+  if (/^(08|57P|53)/.test(code)) return "Unavailable"
+  if (/^E(CONN|PIPE|TIMEDOUT|NOTFOUND|HOSTUNREACH|NETUNREACH|AI_AGAIN)/.test(code)) return "Unavailable"
+  const message = cause instanceof Error ? cause.message : String(cause)
+  if (/connect|terminat|timeout|closed|ended/i.test(message)) return "Unavailable"
+  return "Unknown"
+}
+
+const describe = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+/** Any failure of the engine as a StoreError with a reason and the original cause. */
+export const toStoreError = (classify: (cause: unknown) => StoreErrorReason) => (e: unknown): StoreError => {
+  if (e instanceof StoreError) return e
+  if (e instanceof SqlError) {
+    const reason = classify(e.cause)
+    // A failed connect has no SQLSTATE: node-postgres rejects with a socket error or a timeout.
+    const fixed = reason === "Unknown" && /connect|acquire|timed out/i.test(e.message) ? "Unavailable" : reason
+    return new StoreError({ reason: fixed, message: `${e.message}: ${describe(e.cause)}`, cause: e.cause })
+  }
+  return new StoreError({ reason: classify(e), message: describe(e), cause: e })
+}
+
+const causeToStoreError = (classify: (cause: unknown) => StoreErrorReason) => (cause: Cause.Cause<unknown>): StoreError => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return toStoreError(classify)(failure.value)
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) return toStoreError(classify)(defect.value)
+  return new StoreError({ reason: "Unavailable", message: "append interrupted (store closing)", cause: Cause.pretty(cause) })
+}
+
+/** A draft made complete (id, time) and checked for a canonical JSON form in the caller's fiber. */
+interface ReadyDraft {
+  readonly id: string
+  readonly time: string
+  readonly type: string
+  readonly code: string
+  readonly actor: string
+  readonly payload: unknown
+  readonly explicitId: boolean
+}
+
+interface Pending {
+  readonly stream: string
+  readonly expectedVersion: number | "any"
+  readonly drafts: ReadonlyArray<ReadyDraft>
+  readonly deferred: Deferred.Deferred<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>
+}
+
+type Outcome = Exit.Exit<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>
+
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const out: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
+
+/** The shared DDL with the engine's types for the seq key and for bytes. */
+export const schemaStatements = (types: { seqKey: string; bigint: string; bytes: string }): ReadonlyArray<string> => [
+  `CREATE TABLE IF NOT EXISTS events (
+    seq ${types.seqKey},
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    code TEXT NOT NULL,
+    time TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (stream, version)
+  )`,
+  // The head of the chain in one row: appenders lock it, so seq and prev_hash are assigned in order.
+  `CREATE TABLE IF NOT EXISTS chain_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq ${types.bigint} NOT NULL,
+    hash TEXT NOT NULL
+  )`,
+  `INSERT INTO chain_head (id, seq, hash)
+    SELECT 1, COALESCE((SELECT MAX(seq) FROM events), 0),
+      COALESCE((SELECT hash FROM events ORDER BY seq DESC LIMIT 1), '${GENESIS_HASH}')
+    WHERE NOT EXISTS (SELECT 1 FROM chain_head)`,
+  `CREATE TABLE IF NOT EXISTS secrets (key_id TEXT PRIMARY KEY, value ${types.bytes} NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS checkpoints (name TEXT PRIMARY KEY, seq ${types.bigint} NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS audit_index (
+    seq ${types.seqKey},
+    time TEXT NOT NULL,
+    type TEXT NOT NULL,
+    "user" TEXT,
+    sid TEXT
+  )`,
+  `CREATE INDEX IF NOT EXISTS audit_index_time ON audit_index (time)`,
+  `CREATE INDEX IF NOT EXISTS audit_index_type_time ON audit_index (type, time)`,
+  `CREATE INDEX IF NOT EXISTS audit_index_user_time ON audit_index ("user", time)`,
+  `CREATE INDEX IF NOT EXISTS audit_index_sid ON audit_index (sid)`
+]
+
+/**
+ * Builds the store on a client: runs the migrations, starts the group-commit writer (stopped with
+ * the scope) and returns the service.
+ */
+export const make = (
+  sql: SqlClient,
+  dialect: Dialect
+): Effect.Effect<EventStoreShape, StoreError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const mapError = toStoreError(dialect.classify)
+    const orStoreError = <A, R>(eff: Effect.Effect<A, SqlError, R>): Effect.Effect<A, StoreError, R> =>
+      Effect.mapError(eff, mapError)
+
+    yield* orStoreError(
+      sql.withTransaction(
+        Effect.gen(function* () {
+          if (dialect.migrationLock) yield* dialect.migrationLock(sql)
+          for (const stmt of dialect.ddl) yield* sql.unsafe(stmt)
+        })
+      )
+    )
+
+    // Wakes tails: every in-process commit, and (PG) every NOTIFY from other processes.
+    const commits = yield* PubSub.sliding<void>(1)
+    if (dialect.externalCommits) {
+      yield* dialect.externalCommits.pipe(
+        Stream.runForEach(() => PubSub.publish(commits, undefined)),
+        Effect.retry(Schedule.spaced("1 second")),
+        Effect.ignore,
+        Effect.forkScoped
+      )
+    }
+
+    /** Current versions of the given streams, read inside the append transaction. */
+    const streamVersions = (streams: ReadonlyArray<string>) =>
+      Effect.gen(function* () {
+        const versions = new Map<string, number>()
+        // One scalar subquery a stream, so each is an index lookup of MAX(version) (a GROUP BY
+        // over an IN list would scan every version of a long audit stream).
+        for (const chunk of chunksOf(streams, 200)) {
+          const parts = chunk.map(
+            (s, i) =>
+              sql`SELECT ${sql.literal(String(i))} AS i, (SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ${s}) AS v`
+          )
+          const rows = yield* sql<{ i: number | string; v: number | string }>`${sql.join(" UNION ALL ", false)(parts)}`
+          for (const r of rows) versions.set(chunk[Number(r.i)]!, Number(r.v))
+        }
+        return versions
+      })
+
+    /** Ids given by callers that already exist (retries, duplicates): only those requests fail. */
+    const existingIds = (ids: ReadonlyArray<string>) =>
+      Effect.gen(function* () {
+        const found = new Set<string>()
+        for (const chunk of chunksOf(ids, 500)) {
+          const rows = yield* sql<{ id: string }>`SELECT id FROM events WHERE ${sql.in("id", chunk)}`
+          for (const r of rows) found.add(r.id)
+        }
+        return found
+      })
+
+    /**
+     * One group commit. Runs inside a transaction.
+     *
+     * Why seq and prev_hash are assigned atomically, also with several processes on one database:
+     * the first statement updates the single `chain_head` row. That takes the row's write lock
+     * (PG: a row lock held to commit; SQLite: the database write lock, waited for with
+     * busy_timeout), so appenders are serialised from that point to their commit. Under READ
+     * COMMITTED, PG re-reads the row after the lock wait, so RETURNING yields the head the
+     * previous appender committed, and every later statement (stream versions, duplicate ids) sees
+     * that appender's rows. We then number our events head+1, head+2, … chaining each hash to the
+     * one before, insert them and move the head, all before the lock is released. A rolled back
+     * transaction leaves the head untouched, so no seq is consumed. UNIQUE(seq) and
+     * UNIQUE(stream, version) would reject any violation instead of storing it.
+     */
+    const commitBatch = (batch: ReadonlyArray<Pending>) =>
+      Effect.gen(function* () {
+        const heads = yield* sql<{ seq: number | string; hash: string }>`
+          UPDATE chain_head SET id = 1 WHERE id = 1 RETURNING seq, hash`
+        const head = heads[0]
+        if (head === undefined) {
+          return yield* new StoreError({ reason: "Corrupt", message: "chain_head row is missing" })
+        }
+        let seq = Number(head.seq)
+        let prevHash = head.hash
+        const versions = yield* streamVersions([...new Set(batch.map((p) => p.stream))])
+        const explicit = batch.flatMap((p) => p.drafts.filter((d) => d.explicitId).map((d) => d.id))
+        const taken = explicit.length > 0 ? yield* existingIds(explicit) : new Set<string>()
+
+        const outcomes: Array<Outcome> = []
+        const rows: Array<Record<string, unknown>> = []
+        for (const p of batch) {
+          const current = versions.get(p.stream) ?? 0
+          if (p.expectedVersion !== "any" && p.expectedVersion !== current) {
+            outcomes.push(Exit.fail(new VersionConflict({ stream: p.stream, expected: p.expectedVersion, actual: current })))
+            continue
+          }
+          const duplicate = p.drafts.find((d) => taken.has(d.id))
+          if (duplicate !== undefined) {
+            outcomes.push(Exit.fail(new StoreError({ reason: "Unknown", message: `event id ${duplicate.id} already exists` })))
+            continue
+          }
+          for (const d of p.drafts) taken.add(d.id)
+          const stored: Array<StoredEvent> = []
+          let version = current
+          for (const d of p.drafts) {
+            seq += 1
+            version += 1
+            const fields = {
+              seq,
+              id: d.id,
+              type: d.type,
+              code: d.code,
+              time: d.time,
+              stream: p.stream,
+              version,
+              actor: d.actor,
+              payload: d.payload,
+              prev_hash: prevHash
+            }
+            const { body, hash } = seal(fields)
+            const event: StoredEvent = { ...fields, body, hash }
+            stored.push(event)
+            rows.push({
+              seq,
+              id: d.id,
+              type: d.type,
+              code: d.code,
+              time: d.time,
+              stream: p.stream,
+              version,
+              actor: d.actor,
+              body,
+              prev_hash: prevHash,
+              hash
+            })
+            prevHash = hash
+          }
+          versions.set(p.stream, version)
+          outcomes.push(Exit.succeed(stored))
+        }
+        if (rows.length > 0) {
+          for (const chunk of chunksOf(rows, INSERT_CHUNK)) {
+            yield* sql`INSERT INTO events ${sql.insert(chunk)}`
+          }
+          yield* sql`UPDATE chain_head SET seq = ${seq}, hash = ${prevHash} WHERE id = 1`
+          if (dialect.notifyCommit) yield* dialect.notifyCommit(sql, seq)
+        }
+        return { outcomes, committed: rows.length > 0 }
+      })
+
+    const queue = yield* Queue.unbounded<Pending>()
+    const failPending = (error: StoreError) =>
+      Effect.flatMap(Queue.takeAll(queue), (items) =>
+        Effect.forEach(items, (p) => Deferred.fail(p.deferred, error), { discard: true }))
+
+    // The writer: takes whatever queued while the last transaction ran, commits it as one. A batch
+    // that has been taken runs uninterruptibly, so its callers always hear how it ended.
+    const writer = Effect.gen(function* () {
+      const first = yield* Queue.take(queue)
+      yield* Effect.uninterruptible(
+        Effect.gen(function* () {
+          const rest = yield* Queue.takeUpTo(queue, MAX_BATCH - 1)
+          const batch = [first, ...rest]
+          const exit = yield* Effect.exit(sql.withTransaction(commitBatch(batch)))
+          if (Exit.isSuccess(exit)) {
+            const { outcomes, committed } = exit.value
+            for (let i = 0; i < batch.length; i++) yield* Deferred.done(batch[i]!.deferred, outcomes[i]!)
+            if (committed) yield* PubSub.publish(commits, undefined)
+          } else {
+            const error = causeToStoreError(dialect.classify)(exit.cause)
+            yield* Effect.forEach(batch, (p) => Deferred.fail(p.deferred, error), { discard: true })
+          }
+        })
+      )
+    }).pipe(Effect.forever)
+    yield* Effect.forkScoped(writer)
+    yield* Effect.addFinalizer(() =>
+      failPending(new StoreError({ reason: "Unavailable", message: "event store closed" })).pipe(
+        Effect.zipRight(Queue.shutdown(queue))
+      )
+    )
+
+    const append: EventStoreShape["append"] = (req) =>
+      Effect.gen(function* () {
+        const now = new Date().toISOString()
+        const drafts: Array<ReadyDraft> = []
+        for (const d of req.events) {
+          // A payload JSON cannot carry fails its own request here, not the whole batch later.
+          try {
+            canonicalize(d.payload ?? null)
+          } catch (cause) {
+            return yield* new StoreError({ reason: "Unknown", message: `payload of ${d.type} is not JSON: ${describe(cause)}`, cause })
+          }
+          drafts.push({
+            id: d.id ?? randomUUID(),
+            time: d.time ?? now,
+            type: d.type,
+            code: d.code,
+            actor: d.actor,
+            payload: d.payload ?? null,
+            explicitId: d.id !== undefined
+          })
+        }
+        const deferred = yield* Deferred.make<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>()
+        const offered = yield* Queue.offer(queue, { stream: req.stream, expectedVersion: req.expectedVersion, drafts, deferred })
+        if (!offered) return yield* new StoreError({ reason: "Unavailable", message: "event store closed" })
+        return yield* Deferred.await(deferred)
+      })
+
+    const read: EventStoreShape["read"] = (fromSeq, limit) =>
+      orStoreError(sql<EventRow>`SELECT * FROM events WHERE seq >= ${fromSeq} ORDER BY seq LIMIT ${limit}`).pipe(
+        Effect.map((rows) => rows.map(rowToStored))
+      )
+
+    const readSeqs: EventStoreShape["readSeqs"] = (seqs) =>
+      Effect.gen(function* () {
+        const out: Array<StoredEvent> = []
+        for (const chunk of chunksOf([...new Set(seqs)], 500)) {
+          const rows = yield* orStoreError(sql<EventRow>`SELECT * FROM events WHERE ${sql.in("seq", chunk)}`)
+          for (const r of rows) out.push(rowToStored(r))
+        }
+        return out.sort((a, b) => a.seq - b.seq)
+      })
+
+    const tail: EventStoreShape["tail"] = (fromSeq) =>
+      Stream.unwrapScoped(
+        Effect.gen(function* () {
+          // Subscribed before the first read: a commit landing between a read that came back
+          // empty and the wait below is still in the subscription, so it is never missed.
+          const wake = yield* PubSub.subscribe(commits)
+          const nextPage = (next: number): Effect.Effect<readonly [Chunk.Chunk<StoredEvent>, Option.Option<number>], StoreError> =>
+            Effect.gen(function* () {
+              for (;;) {
+                const rows = yield* read(next, TAIL_PAGE)
+                const last = rows[rows.length - 1]
+                if (last !== undefined) return [Chunk.unsafeFromArray(rows.slice()), Option.some(last.seq + 1)] as const
+                yield* Effect.timeout(wake.take, dialect.pollInterval).pipe(Effect.ignore)
+                yield* wake.takeAll
+              }
+            })
+          return Stream.paginateChunkEffect(Math.max(1, fromSeq), nextPage)
+        })
+      )
+
+    const head: EventStoreShape["head"] = orStoreError(sql<{ seq: number | string }>`SELECT seq FROM chain_head WHERE id = 1`).pipe(
+      Effect.map((rows) => Number(rows[0]?.seq ?? 0))
+    )
+
+    const streamVersion: EventStoreShape["streamVersion"] = (stream) =>
+      orStoreError(sql<{ v: number | string }>`SELECT COALESCE(MAX(version), 0) AS v FROM events WHERE stream = ${stream}`).pipe(
+        Effect.map((rows) => Number(rows[0]?.v ?? 0))
+      )
+
+    const putSecret: EventStoreShape["putSecret"] = (keyId, value) =>
+      orStoreError(sql`INSERT INTO secrets (key_id, value) VALUES (${keyId}, ${Buffer.from(value)})
+        ON CONFLICT (key_id) DO UPDATE SET value = excluded.value`).pipe(Effect.asVoid)
+
+    const getSecret: EventStoreShape["getSecret"] = (keyId) =>
+      orStoreError(sql<{ value: Uint8Array }>`SELECT value FROM secrets WHERE key_id = ${keyId}`).pipe(
+        Effect.map((rows) => (rows[0] === undefined ? undefined : new Uint8Array(rows[0].value)))
+      )
+
+    const deleteSecret: EventStoreShape["deleteSecret"] = (keyId) =>
+      orStoreError(sql`DELETE FROM secrets WHERE key_id = ${keyId}`).pipe(Effect.asVoid)
+
+    const getCheckpoint: EventStoreShape["getCheckpoint"] = (name) =>
+      orStoreError(sql<{ seq: number | string }>`SELECT seq FROM checkpoints WHERE name = ${name}`).pipe(
+        Effect.map((rows) => Number(rows[0]?.seq ?? 0))
+      )
+
+    const upsertCheckpoint = (name: string, seq: number) =>
+      sql`INSERT INTO checkpoints (name, seq) VALUES (${name}, ${seq})
+        ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`
+
+    const setCheckpoint: EventStoreShape["setCheckpoint"] = (name, seq) =>
+      orStoreError(upsertCheckpoint(name, seq)).pipe(Effect.asVoid)
+
+    const indexAudit: EventStoreShape["indexAudit"] = (entries, checkpointName, checkpoint) =>
+      orStoreError(
+        sql.withTransaction(
+          Effect.gen(function* () {
+            const rows = entries.map((e: AuditIndexEntry) => ({ seq: e.seq, time: e.time, type: e.type, user: e.user, sid: e.sid }))
+            for (const chunk of chunksOf(rows, 1000)) {
+              // Upsert: re-indexing after a crash between the index write and a later step is harmless.
+              yield* sql`INSERT INTO audit_index ${sql.insert(chunk)}
+                ON CONFLICT (seq) DO UPDATE SET time = excluded.time, type = excluded.type,
+                  "user" = excluded."user", sid = excluded.sid`
+            }
+            yield* upsertCheckpoint(checkpointName, checkpoint)
+          })
+        )
+      )
+
+    const resetAudit: EventStoreShape["resetAudit"] = (checkpointName) =>
+      orStoreError(
+        sql.withTransaction(
+          Effect.gen(function* () {
+            yield* sql`DELETE FROM audit_index`
+            yield* sql`DELETE FROM checkpoints WHERE name = ${checkpointName}`
+          })
+        )
+      )
+
+    /** An empty or absent `types` means every type. */
+    const searchAudit: EventStoreShape["searchAudit"] = (q: AuditQuery) => {
+      const where = []
+      if (q.fromTime !== undefined) where.push(sql`a.time >= ${q.fromTime}`)
+      if (q.toTime !== undefined) where.push(sql`a.time <= ${q.toTime}`)
+      if (q.types !== undefined && q.types.length > 0) where.push(sql.in("a.type", q.types))
+      if (q.user !== undefined) where.push(sql`a."user" = ${q.user}`)
+      if (q.sid !== undefined) where.push(sql`a.sid = ${q.sid}`)
+      const order = q.descending === true ? sql.literal("a.time DESC, a.seq DESC") : sql.literal("a.time ASC, a.seq ASC")
+      return orStoreError(sql<EventRow>`
+        SELECT e.* FROM audit_index a JOIN events e ON e.seq = a.seq
+        WHERE ${sql.and(where)}
+        ORDER BY ${order}
+        LIMIT ${Math.max(0, Math.floor(q.limit))}`).pipe(Effect.map((rows) => rows.map(rowToStored)))
+    }
+
+    return {
+      append,
+      read,
+      readSeqs,
+      tail,
+      head,
+      streamVersion,
+      putSecret,
+      getSecret,
+      deleteSecret,
+      getCheckpoint,
+      setCheckpoint,
+      indexAudit,
+      resetAudit,
+      searchAudit
+    } satisfies EventStoreShape
+  })
+
