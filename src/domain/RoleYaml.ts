@@ -221,8 +221,11 @@ const decodeDocument = (doc: Document, lc: LineCounter): Either.Either<Role, Rol
   }
   if (record["version"] !== "v7") {
     const v = record["version"]
-    const got = v === undefined ? "no version" : `version ${typeof v === "string" ? v : JSON.stringify(v)}`
-    return Either.left(errorOf([at(["version"], `unsupported role ${got}: only v7 is supported`)]))
+    const message =
+      v === undefined
+        ? "missing required field: only version v7 is supported"
+        : `unsupported role version ${typeof v === "string" ? v : JSON.stringify(v)}: only v7 is supported`
+    return Either.left(errorOf([at(["version"], message)]))
   }
   const decoded = decodeRole(value)
   if (Either.isLeft(decoded)) {
