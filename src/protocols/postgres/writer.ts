@@ -21,6 +21,7 @@ export class Writer {
     return this.pos
   }
 
+  /** Reserves `n` bytes and returns where they start; may replace `buf` and `view`, so call it before touching them. */
   private ensure(n: number): number {
     const at = this.pos
     const need = at + n
@@ -38,30 +39,35 @@ export class Writer {
 
   uint8(v: number): this {
     checkInt(v, 0, 0xff, "uint8")
-    this.view.setUint8(this.ensure(1), v)
+    const at = this.ensure(1)
+    this.view.setUint8(at, v)
     return this
   }
 
   int16(v: number): this {
     checkInt(v, -0x8000, 0x7fff, "int16")
-    this.view.setInt16(this.ensure(2), v)
+    const at = this.ensure(2)
+    this.view.setInt16(at, v)
     return this
   }
 
   int32(v: number): this {
     checkInt(v, -0x80000000, 0x7fffffff, "int32")
-    this.view.setInt32(this.ensure(4), v)
+    const at = this.ensure(4)
+    this.view.setInt32(at, v)
     return this
   }
 
   uint32(v: number): this {
     checkInt(v, 0, 0xffffffff, "uint32")
-    this.view.setUint32(this.ensure(4), v)
+    const at = this.ensure(4)
+    this.view.setUint32(at, v)
     return this
   }
 
   bytes(b: Uint8Array): this {
-    this.buf.set(b, this.ensure(b.length))
+    const at = this.ensure(b.length)
+    this.buf.set(b, at)
     return this
   }
 
