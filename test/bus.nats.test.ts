@@ -1,3 +1,7 @@
+import { execSync } from "node:child_process"
+import { mkdtemp, rm, writeFile } from "node:fs/promises"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect } from "@nats-io/transport-node"
@@ -200,6 +204,53 @@ describe("BusNats", () => {
       yield* b.publishDurable(`remoteler.${uniq()}.events.after.restart`, enc("x"), uniq()).pipe(
         Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 50 })
       )
+    })
+  )
+})
+
+describe("BusNats over TLS", () => {
+  let tlsServer: NatsServer
+  let dir: string
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "remoteler-nats-tls-"))
+    const sh = (cmd: string) => execSync(cmd, { cwd: dir, stdio: "pipe" })
+    // A throwaway CA and a server certificate for 127.0.0.1; the NATS client checks an IP server
+    // against the name "localhost", so the certificate carries both.
+    sh(`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem`)
+    sh(`openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr`)
+    await writeFile(join(dir, "ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    sh(`openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out server.pem`)
+    tlsServer = await startNatsServer({ tls: { certFile: join(dir, "server.pem"), keyFile: join(dir, "server.key") } })
+  })
+  afterAll(async () => {
+    await tlsServer?.dispose()
+    if (dir) await rm(dir, { recursive: true, force: true })
+  })
+
+  it.scopedLive("connects with the CA file and works", () =>
+    Effect.gen(function* () {
+      const b = yield* buildBus(
+        BusNats.layer({
+          url: tlsServer.url,
+          user: tlsServer.user,
+          pass: Redacted.make(tlsServer.pass),
+          tls: { caFile: join(dir, "ca.pem") }
+        })
+      )
+      const s = `${uniq()}.tls`
+      const stream = yield* b.subscribe(s)
+      yield* b.publish(s, enc("secure"))
+      const got = yield* stream.pipe(Stream.take(1), Stream.runCollect, Effect.timeout("5 seconds"))
+      expect(Chunk.toReadonlyArray(got).map((m) => dec(m.data))).toEqual(["secure"])
+    })
+  )
+
+  it.scopedLive("refuses a server certificate it cannot verify", () =>
+    Effect.gen(function* () {
+      const exit = yield* Effect.exit(
+        buildBus(BusNats.layer({ url: tlsServer.url, user: tlsServer.user, pass: Redacted.make(tlsServer.pass), tls: {} }))
+      )
+      expectBusError(exit, "Unavailable")
     })
   )
 })
