@@ -10,7 +10,7 @@ import type { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import type { Duration, Scope } from "effect"
 import { Cause, Chunk, Deferred, Effect, Exit, Option, PubSub, Queue, Schedule, Stream } from "effect"
-import { canonicalize, GENESIS_HASH, seal } from "../../domain/Chain.ts"
+import { GENESIS_HASH, seal } from "../../domain/Chain.ts"
 import type {
   AuditIndexEntry,
   AuditQuery,
@@ -43,6 +43,8 @@ const INSERT_CHUNK = 500
 /** Requests per group commit: bounds the transaction's size and the time the lock is held. */
 const MAX_BATCH = 2048
 const TAIL_PAGE = 1000
+/** Streams whose version the writer remembers between commits (cleared when exceeded). */
+const VERSION_CACHE_MAX = 100_000
 
 interface EventRow {
   readonly seq: number | string
@@ -224,6 +226,8 @@ export const make = (
       )
     }
 
+    const cache = { head: -1, versions: new Map<string, number>() }
+
     /** Current versions of the given streams, read inside the append transaction. */
     const streamVersions = (streams: ReadonlyArray<string>) =>
       Effect.gen(function* () {
@@ -276,7 +280,15 @@ export const make = (
         }
         let seq = Number(head.seq)
         let prevHash = head.hash
-        const versions = yield* streamVersions([...new Set(batch.map((p) => p.stream))])
+        // Versions cached by earlier commits of this instance hold only while nobody else has
+        // appended since: the head is still where our last commit (or read) left it.
+        if (seq !== cache.head || cache.versions.size > VERSION_CACHE_MAX) cache.versions.clear()
+        const streams = [...new Set(batch.map((p) => p.stream))]
+        const versions = yield* streamVersions(streams.filter((s) => !cache.versions.has(s)))
+        for (const s of streams) {
+          const v = cache.versions.get(s)
+          if (v !== undefined) versions.set(s, v)
+        }
         const explicit = batch.flatMap((p) => p.drafts.filter((d) => d.explicitId).map((d) => d.id))
         const taken = explicit.length > 0 ? yield* existingIds(explicit) : new Set<string>()
 
@@ -293,42 +305,42 @@ export const make = (
             outcomes.push(Exit.fail(new StoreError({ reason: "Unknown", message: `event id ${duplicate.id} already exists` })))
             continue
           }
-          for (const d of p.drafts) taken.add(d.id)
+          // Sealed into locals first: a payload JSON cannot carry (seal throws) fails only this
+          // request, and the seq and hash it would have used go to the next one.
           const stored: Array<StoredEvent> = []
+          const sealedRows: Array<Record<string, unknown>> = []
           let version = current
-          for (const d of p.drafts) {
-            seq += 1
-            version += 1
-            const fields = {
-              seq,
-              id: d.id,
-              type: d.type,
-              code: d.code,
-              time: d.time,
-              stream: p.stream,
-              version,
-              actor: d.actor,
-              payload: d.payload,
-              prev_hash: prevHash
+          let nextSeq = seq
+          let nextPrev = prevHash
+          try {
+            for (const d of p.drafts) {
+              nextSeq += 1
+              version += 1
+              const fields = {
+                seq: nextSeq,
+                id: d.id,
+                type: d.type,
+                code: d.code,
+                time: d.time,
+                stream: p.stream,
+                version,
+                actor: d.actor,
+                payload: d.payload,
+                prev_hash: nextPrev
+              }
+              const { body, hash } = seal(fields)
+              stored.push({ ...fields, body, hash })
+              sealedRows.push({ seq: nextSeq, id: d.id, type: d.type, code: d.code, time: d.time, stream: p.stream, version, actor: d.actor, body, prev_hash: nextPrev, hash })
+              nextPrev = hash
             }
-            const { body, hash } = seal(fields)
-            const event: StoredEvent = { ...fields, body, hash }
-            stored.push(event)
-            rows.push({
-              seq,
-              id: d.id,
-              type: d.type,
-              code: d.code,
-              time: d.time,
-              stream: p.stream,
-              version,
-              actor: d.actor,
-              body,
-              prev_hash: prevHash,
-              hash
-            })
-            prevHash = hash
+          } catch (cause) {
+            outcomes.push(Exit.fail(new StoreError({ reason: "Unknown", message: `payload is not JSON: ${describe(cause)}`, cause })))
+            continue
           }
+          for (const d of p.drafts) taken.add(d.id)
+          for (const r of sealedRows) rows.push(r)
+          seq = nextSeq
+          prevHash = nextPrev
           versions.set(p.stream, version)
           outcomes.push(Exit.succeed(stored))
         }
@@ -339,7 +351,7 @@ export const make = (
           yield* sql`UPDATE chain_head SET seq = ${seq}, hash = ${prevHash} WHERE id = 1`
           if (dialect.notifyCommit) yield* dialect.notifyCommit(sql, seq)
         }
-        return { outcomes, committed: rows.length > 0 }
+        return { outcomes, committed: rows.length > 0, head: seq, versions }
       })
 
     const queue = yield* Queue.unbounded<Pending>()
@@ -357,7 +369,9 @@ export const make = (
           const batch = [first, ...rest]
           const exit = yield* Effect.exit(sql.withTransaction(commitBatch(batch)))
           if (Exit.isSuccess(exit)) {
-            const { outcomes, committed } = exit.value
+            const { committed, head, outcomes, versions } = exit.value
+            cache.head = head
+            for (const [stream, version] of versions) cache.versions.set(stream, version)
             for (let i = 0; i < batch.length; i++) yield* Deferred.done(batch[i]!.deferred, outcomes[i]!)
             if (committed) yield* PubSub.publish(commits, undefined)
           } else {
@@ -379,12 +393,6 @@ export const make = (
         const now = new Date().toISOString()
         const drafts: Array<ReadyDraft> = []
         for (const d of req.events) {
-          // A payload JSON cannot carry fails its own request here, not the whole batch later.
-          try {
-            canonicalize(d.payload ?? null)
-          } catch (cause) {
-            return yield* new StoreError({ reason: "Unknown", message: `payload of ${d.type} is not JSON: ${describe(cause)}`, cause })
-          }
           drafts.push({
             id: d.id ?? randomUUID(),
             time: d.time ?? now,
