@@ -32,6 +32,9 @@ export interface ViewUser {
   readonly createdAt?: string
 }
 
+/** Another name for `ViewUser`. */
+export type UserRecord = ViewUser
+
 export interface RbacView {
   /** The seq of the last event applied; 0 for the empty view. */
   readonly lastSeq: number
