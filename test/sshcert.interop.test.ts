@@ -1,7 +1,7 @@
 /** Cross-checks the SSH certificate codec against OpenSSH's own `ssh-keygen`. */
 import { execFileSync } from "node:child_process"
-import { generateKeyPairSync } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { generateKeyPairSync, type KeyObject } from "node:crypto"
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Either } from "effect"
@@ -12,6 +12,7 @@ import {
   defaultUserExtensions,
   ed25519PublicKeyBlob,
   fingerprintSha256,
+  hostCertFields,
   parseOpenSshPrivateKey,
   parsePublicKeyLine,
   privateKeyToOpenSsh,
@@ -19,6 +20,7 @@ import {
   publicKeyLine,
   randomNonce,
   signCertificate,
+  userCertFields,
   verifyCertificate,
   type Certificate
 } from "../src/protocols/ssh/cert.ts"
@@ -200,4 +202,122 @@ describe("OpenSSH private keys", () => {
     expect(Either.isLeft(parseOpenSshPrivateKey("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----"))).toBe(true)
     expect(Either.isLeft(parseOpenSshPrivateKey("hello"))).toBe(true)
   })
+})
+
+describe("real sshd and ssh", () => {
+  const sshd = "/usr/sbin/sshd"
+  // sshd as a non-root user can only log in as itself; root here, so the principal is `root`
+  const haveSshd = existsSync(sshd)
+
+  it.runIf(haveSshd && process.getuid?.() === 0)(
+    "sshd (TrustedUserCAKeys) accepts our user certificate and ssh (@cert-authority) accepts our host certificate",
+    async () => {
+      const { createServer } = await import("node:net")
+      const { spawn } = await import("node:child_process")
+      const { mkdirSync } = await import("node:fs")
+      const port = await new Promise<number>((resolve) => {
+        const s = createServer().listen(0, "127.0.0.1", () => {
+          const p = (s.address() as { port: number }).port
+          s.close(() => resolve(p))
+        })
+      })
+      const userCa = generateKeyPairSync("ed25519")
+      const hostCa = generateKeyPairSync("ed25519")
+      const hostKey = generateKeyPairSync("ed25519")
+      const userKey = generateKeyPairSync("ed25519")
+      const now = new Date()
+      const expires = new Date(now.getTime() + 3600_000)
+      writeFileSync(file("sshd_host_key"), privateKeyToOpenSsh(hostKey.privateKey, "host"), { mode: 0o600 })
+      writeFileSync(
+        file("sshd_host_key-cert.pub"),
+        signCertificate(
+          hostCertFields({ publicKey: publicKeyBlob(hostKey.publicKey), hostId: "host-uuid", principals: ["127.0.0.1", "node1"], expires, now }),
+          hostCa.privateKey
+        ).line + "\n"
+      )
+      writeFileSync(file("user_ca.pub"), publicKeyLine(publicKeyBlob(userCa.publicKey), "user-ca") + "\n")
+      writeFileSync(file("id_user"), privateKeyToOpenSsh(userKey.privateKey, "alice"), { mode: 0o600 })
+      const userCert = (ca: KeyObject, options: Record<string, string> = {}) =>
+        signCertificate(
+          userCertFields({
+            publicKey: publicKeyBlob(userKey.publicKey),
+            username: "alice",
+            logins: ["root"],
+            roles: ["dev"],
+            traits: { logins: ["root"] },
+            routeToCluster: "main",
+            expires,
+            now,
+            criticalOptions: options
+          }),
+          ca
+        ).line + "\n"
+      writeFileSync(
+        file("known_hosts"),
+        `@cert-authority [127.0.0.1]:${port} ${publicKeyLine(publicKeyBlob(hostCa.publicKey), "host-ca")}\n`
+      )
+      writeFileSync(
+        file("sshd_config"),
+        [
+          `Port ${port}`,
+          "ListenAddress 127.0.0.1",
+          `HostKey ${file("sshd_host_key")}`,
+          `HostCertificate ${file("sshd_host_key-cert.pub")}`,
+          `TrustedUserCAKeys ${file("user_ca.pub")}`,
+          "AuthorizedKeysFile none",
+          "PasswordAuthentication no",
+          "KbdInteractiveAuthentication no",
+          "PermitRootLogin prohibit-password",
+          "StrictModes no",
+          "UsePAM no",
+          "PidFile none",
+          "LogLevel VERBOSE"
+        ].join("\n") + "\n"
+      )
+      mkdirSync("/run/sshd", { recursive: true })
+      const daemon = spawn(sshd, ["-D", "-e", "-f", file("sshd_config")], { stdio: ["ignore", "ignore", "pipe"] })
+      let log = ""
+      daemon.stderr.on("data", (d: Buffer) => (log += d.toString()))
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const t = setInterval(() => {
+            if (log.includes("Server listening")) {
+              clearInterval(t)
+              resolve()
+            }
+            if (daemon.exitCode !== null) {
+              clearInterval(t)
+              reject(new Error(`sshd exited: ${log}`))
+            }
+          }, 50)
+        })
+        const ssh = (certText: string, command = "echo hello-from-sshd") => {
+          writeFileSync(file("id_user-cert.pub"), certText)
+          return execFileSync(
+            "ssh",
+            [
+              "-F", "/dev/null",
+              "-p", String(port),
+              "-i", file("id_user"),
+              "-o", `CertificateFile=${file("id_user-cert.pub")}`,
+              "-o", "IdentitiesOnly=yes",
+              "-o", "BatchMode=yes",
+              "-o", "StrictHostKeyChecking=yes",
+              "-o", `UserKnownHostsFile=${file("known_hosts")}`,
+              "-o", "GlobalKnownHostsFile=/dev/null",
+              "root@127.0.0.1",
+              command
+            ],
+            { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], timeout: 20_000 }
+          )
+        }
+        expect(ssh(userCert(userCa.privateKey)).trim()).toBe("hello-from-sshd")
+        expect(ssh(userCert(userCa.privateKey, { "force-command": "echo forced" })).trim()).toBe("forced")
+        expect(() => ssh(userCert(generateKeyPairSync("ed25519").privateKey))).toThrow()
+        expect(() => ssh(userCert(userCa.privateKey, { "source-address": "10.99.0.0/16" }))).toThrow()
+      } finally {
+        daemon.kill()
+      }
+    }
+  )
 })

@@ -4,6 +4,8 @@ import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import {
   FOREVER,
+  IDENTITY_EXTENSIONS,
+  certIdentityExtensions,
   decodeCertificate,
   defaultUserExtensions,
   encodeCertificate,
@@ -12,6 +14,7 @@ import {
   publicKeyLine,
   randomNonce,
   signCertificate,
+  userCertFields,
   verifyCertificate,
   type CertificateFields
 } from "../../src/protocols/ssh/cert.ts"
@@ -217,5 +220,46 @@ describe("verifyCertificate", () => {
     expect(reason(verifyCertificate(sign({ criticalOptions: { "source-address": "nonsense" } }), base))).toBe(
       "BadCriticalOption"
     )
+  })
+})
+
+describe("identity certificates", () => {
+  it("userCertFields carries logins as principals and the identity as extensions", () => {
+    fc.assert(
+      fc.property(
+        fc.array(text, { maxLength: 4 }),
+        fc.array(text, { maxLength: 4 }),
+        fc.dictionary(text, fc.array(text, { maxLength: 3 }), { maxKeys: 3, noNullPrototype: true }),
+        text,
+        (logins, roles, traits, cluster) => {
+          const now = new Date(1_700_000_000_000)
+          const fields = userCertFields({
+            publicKey: ed25519Ca.blob,
+            username: "alice",
+            logins,
+            roles,
+            traits,
+            routeToCluster: cluster,
+            expires: new Date(now.getTime() + 3600_000),
+            now
+          })
+          const cert = signCertificate(fields, ed25519Ca.privateKey).certificate
+          expect(cert.validPrincipals).toEqual(logins)
+          expect(cert.validAfter).toBe(1_700_000_000n - 60n)
+          expect(cert.validBefore).toBe(1_700_003_600n)
+          expect(certIdentityExtensions(cert)).toEqual({ roles, traits, routeToCluster: cluster })
+          for (const name of Object.keys(defaultUserExtensions)) expect(cert.extensions).toHaveProperty([name], "")
+        }
+      ),
+      { numRuns: 50 }
+    )
+  })
+
+  it("malformed identity extensions read as empty", () => {
+    const cert = signCertificate(
+      userFields({ extensions: { [IDENTITY_EXTENSIONS.roles]: "{", [IDENTITY_EXTENSIONS.traits]: "[1]" } }),
+      ed25519Ca.privateKey
+    ).certificate
+    expect(certIdentityExtensions(cert)).toEqual({ roles: [], traits: {}, routeToCluster: "" })
   })
 })

@@ -308,7 +308,8 @@ const leftPad = (b: Uint8Array, n: number): Uint8Array | undefined => {
 }
 
 /**
- * Checks an SSH signature blob over `data` with a CA key blob. `ssh-rsa` (SHA-1) signatures are
+ * Checks an SSH signature blob (`string alg, string sig`) over `data` with a public key blob (a CA
+ * key, or a user key proving possession during publickey auth). `ssh-rsa` (SHA-1) signatures are
  * refused, as OpenSSH ≥ 8.2 refuses them for certificates.
  */
 export const verifySignature = (
@@ -703,4 +704,96 @@ export const parseOpenSshPrivateKey = (
     }
     return { privateKey, publicKey, publicKeyBlob: pubBlob, comment }
   })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates for identities
+
+/** Extensions that carry the Remoteler identity in an SSH user certificate (sshd ignores them). */
+export const IDENTITY_EXTENSIONS = {
+  roles: "remoteler-roles@remoteler.dev",
+  traits: "remoteler-traits@remoteler.dev",
+  routeToCluster: "remoteler-route-to-cluster@remoteler.dev"
+} as const
+
+/** A random non-zero uint64 serial. */
+export const randomSerial = (): bigint => randomBytes(8).readBigUInt64BE(0) || 1n
+
+const toSeconds = (d: Date): bigint => BigInt(Math.floor(d.getTime() / 1000))
+
+/**
+ * Fields of a user certificate: key id = user name, principals = logins, valid from a minute
+ * before `now` until `expires`, the permit-* extensions plus the identity extensions.
+ */
+export const userCertFields = (p: {
+  readonly publicKey: Uint8Array
+  readonly username: string
+  readonly logins: ReadonlyArray<string>
+  readonly roles: ReadonlyArray<string>
+  readonly traits: Readonly<Record<string, ReadonlyArray<string>>>
+  readonly routeToCluster: string
+  readonly expires: Date
+  readonly now?: Date
+  readonly criticalOptions?: Readonly<Record<string, string>>
+}): CertificateFields => ({
+  nonce: randomNonce(),
+  publicKey: p.publicKey,
+  serial: randomSerial(),
+  type: "user",
+  keyId: p.username,
+  validPrincipals: [...p.logins],
+  validAfter: toSeconds(new Date((p.now ?? new Date()).getTime() - 60_000)),
+  validBefore: toSeconds(p.expires),
+  criticalOptions: p.criticalOptions ?? {},
+  extensions: {
+    ...defaultUserExtensions,
+    [IDENTITY_EXTENSIONS.roles]: JSON.stringify(p.roles),
+    [IDENTITY_EXTENSIONS.traits]: JSON.stringify(p.traits),
+    [IDENTITY_EXTENSIONS.routeToCluster]: p.routeToCluster
+  },
+  reserved: new Uint8Array(0)
+})
+
+/** Fields of a host certificate: key id = host id, principals = host id and names. */
+export const hostCertFields = (p: {
+  readonly publicKey: Uint8Array
+  readonly hostId: string
+  readonly principals: ReadonlyArray<string>
+  readonly expires: Date
+  readonly now?: Date
+}): CertificateFields => ({
+  nonce: randomNonce(),
+  publicKey: p.publicKey,
+  serial: randomSerial(),
+  type: "host",
+  keyId: p.hostId,
+  validPrincipals: [...new Set([p.hostId, ...p.principals])],
+  validAfter: toSeconds(new Date((p.now ?? new Date()).getTime() - 60_000)),
+  validBefore: toSeconds(p.expires),
+  criticalOptions: {},
+  extensions: {},
+  reserved: new Uint8Array(0)
+})
+
+/** Reads back the identity extensions of a user certificate (missing or malformed ones come back empty). */
+export const certIdentityExtensions = (
+  cert: Certificate
+): { readonly roles: ReadonlyArray<string>; readonly traits: Record<string, ReadonlyArray<string>>; readonly routeToCluster: string } => {
+  const json = (name: string): unknown => {
+    try {
+      return JSON.parse(cert.extensions[name] ?? "null")
+    } catch {
+      return null
+    }
+  }
+  const strings = (v: unknown): v is Array<string> => Array.isArray(v) && v.every((s) => typeof s === "string")
+  const roles = json(IDENTITY_EXTENSIONS.roles)
+  const traits = json(IDENTITY_EXTENSIONS.traits)
+  const traitsOk =
+    typeof traits === "object" && traits !== null && !Array.isArray(traits) && Object.values(traits).every(strings)
+  return {
+    roles: strings(roles) ? roles : [],
+    traits: traitsOk ? (traits as Record<string, Array<string>>) : {},
+    routeToCluster: cert.extensions[IDENTITY_EXTENSIONS.routeToCluster] ?? ""
+  }
 }
