@@ -14,6 +14,8 @@ export interface SqliteStoreOptions {
   readonly filename: string
   /** How long a writer waits for another connection's write lock before failing. Default 5000. */
   readonly busyTimeoutMs?: number
+  /** Caps the file at this many pages (a quota; tests use it to make the disk "full"). */
+  readonly maxPageCount?: number
 }
 
 const ddl = schemaStatements({ seqKey: "INTEGER PRIMARY KEY", bigint: "INTEGER", bytes: "BLOB" })
@@ -35,7 +37,9 @@ export const layer = (options: SqliteStoreOptions): Layer.Layer<EventStore, Stor
         Effect.all([
           sql.unsafe(`PRAGMA busy_timeout = ${Math.max(0, Math.floor(options.busyTimeoutMs ?? 5000))}`),
           sql.unsafe("PRAGMA synchronous = FULL"),
-          sql.unsafe("PRAGMA foreign_keys = ON")
+          ...(options.maxPageCount === undefined
+            ? []
+            : [sql.unsafe(`PRAGMA max_page_count = ${Math.max(1, Math.floor(options.maxPageCount))}`)])
         ]),
         mapError
       )
