@@ -162,7 +162,8 @@ const main = Effect.gen(function* () {
         })
         const last = rows[rows.length - 1]
         if (last !== undefined) yield* store.indexAudit(entries, "audit", last.seq)
-        if (from % 200_001 < page) log(`indexing: ${Math.min(EVENTS, from + page - 1)}/${EVENTS}`)
+        const done = Math.min(EVENTS, from + page - 1)
+        if (done % 100_000 === 0) log(`indexing: ${done}/${EVENTS}`)
       }
       const indexSeconds = (performance.now() - t1) / 1000
       log(`audit index: ${EVENTS} entries in ${round(indexSeconds, 1)}s`)
