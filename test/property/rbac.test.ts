@@ -171,7 +171,7 @@ describe("Rbac properties", () => {
     before.forEach((d, i) => {
       if (Either.isRight(d)) expect(Either.isRight(after[i]!)).toBe(true)
     })
-  })
+  }, { fastCheck: { numRuns: 1000 } })
 
   it.prop("removing deny sides never removes access", [caseArb], ([c]) => {
     const before = decide(c, c.roles)
@@ -179,7 +179,7 @@ describe("Rbac properties", () => {
     before.forEach((d, i) => {
       if (Either.isRight(d)) expect(Either.isRight(after[i]!)).toBe(true)
     })
-  })
+  }, { fastCheck: { numRuns: 1000 } })
 
   it.prop("no roles, no access", [caseArb], ([c]) => {
     for (const d of decide(c, [])) expect(Either.isLeft(d) && d.left.side).toBe("none")
