@@ -1,0 +1,346 @@
+/**
+ * `tctl`: administers a running auth service through its API (the admin socket in the data dir),
+ * never by opening the store file. With no auth service running it says so and exits 1.
+ */
+import "reflect-metadata"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Args, Command, Options } from "@effect/cli"
+import { NodeContext, NodeRuntime } from "@effect/platform-node"
+import { Console, Effect, Either, Option, Schema } from "effect"
+import { VERSION } from "../actors/AuthServer.ts"
+import { call } from "../adapters/AuthApiHttp.ts"
+import { adminSocketPath } from "../adapters/DataDir.ts"
+import type { AuthMethod, RequestOf, User } from "../domain/AuthApi.ts"
+import { BadParameter } from "../domain/Errors.ts"
+import { parseDurationOption } from "../domain/Rbac.ts"
+import { Role } from "../domain/Role.ts"
+import { parseRoles, renderRoles } from "../domain/RoleYaml.ts"
+import { DEFAULT_DATA_DIR, readConfigFile } from "./config.ts"
+import { runCli } from "./run.ts"
+
+// ---------------------------------------------------------------------------------------------
+// Reaching auth
+
+const dataDirOpt = Options.text("data-dir").pipe(
+  Options.withDescription("data dir of the auth service on this host (default /var/lib/remoteler)"),
+  Options.optional
+)
+const configOpt = Options.file("config").pipe(
+  Options.withAlias("c"),
+  Options.withDescription("the auth service's config file (its remoteler.data_dir is used)"),
+  Options.optional
+)
+
+const root = Command.make("tctl", { dataDir: dataDirOpt, config: configOpt })
+
+/** Finds the admin socket from --data-dir, or the config file, or the default data dir. */
+const socketPath = Effect.gen(function* () {
+  const { config, dataDir } = yield* root
+  if (Option.isSome(dataDir)) return adminSocketPath(path.resolve(dataDir.value))
+  if (Option.isSome(config)) {
+    const file = yield* readConfigFile(config.value)
+    return adminSocketPath(path.resolve(file.remoteler?.data_dir ?? DEFAULT_DATA_DIR))
+  }
+  return adminSocketPath(DEFAULT_DATA_DIR)
+})
+
+const auth = <M extends AuthMethod>(method: M, request: RequestOf<M>) =>
+  Effect.flatMap(socketPath, (sock) => call(sock, method, request))
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+
+const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) => cells.map((c, i) => c.padEnd(widths[i]!)).join(" ").trimEnd()
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n")
+}
+
+const list = (s: Option.Option<string>): Array<string> =>
+  Option.match(s, { onNone: () => [], onSome: (v) => v.split(",").map((x) => x.trim()).filter((x) => x !== "") })
+
+const formatOpt = (choices: ReadonlyArray<string>, dflt: string) =>
+  Options.choice("format", choices as [string, ...Array<string>]).pipe(
+    Options.withDescription(`output format: ${choices.join(", ")}`),
+    Options.withDefault(dflt)
+  )
+
+const userRows = (users: ReadonlyArray<User>) =>
+  table(
+    ["User", "Roles", "Logins", "Created By"],
+    users.map((u) => [u.name, u.roles.join(","), (u.traits["logins"] ?? []).join(","), u.created_by ?? ""])
+  )
+
+const encodeRole = Schema.encodeSync(Role)
+
+const roleRows = (roles: ReadonlyArray<Role>) =>
+  table(
+    ["Role", "Allowed to login as", "Node Labels", "Database Users"],
+    roles.map((r) => [
+      r.metadata.name,
+      (r.spec.allow?.logins ?? []).join(","),
+      Object.entries(r.spec.allow?.node_labels ?? {})
+        .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join("|") : String(v)}`)
+        .join(","),
+      (r.spec.allow?.db_users ?? []).join(",")
+    ])
+  )
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+const status = Command.make("status", {}, () =>
+  Effect.gen(function* () {
+    const s = yield* auth("status", {})
+    const lines = [
+      `Cluster      ${s.cluster_name}`,
+      `Version      ${s.version}`,
+      `Storage      ${s.storage}`,
+      `Bus          ${s.bus}`,
+      `Events       ${s.head_seq}`,
+      `Projector    at seq ${s.projector.position} (audit index ${s.projector.audit_checkpoint})${s.projector.error === undefined ? "" : `; STOPPED: ${s.projector.error}`}`,
+      `Outbox       at seq ${s.outbox.position}${s.outbox.error === undefined ? "" : `; retrying: ${s.outbox.error}`}`,
+      `Users        ${s.users}`,
+      `Roles        ${s.roles}`
+    ]
+    yield* Console.log(lines.join("\n"))
+  })
+).pipe(Command.withDescription("Show the cluster's status: event log head, projector and outbox positions."))
+
+const userName = Args.text({ name: "name" }).pipe(Args.withDescription("user name"))
+
+const usersAdd = Command.make(
+  "add",
+  {
+    name: userName,
+    roles: Options.text("roles").pipe(Options.withDescription("comma-separated roles (required)")),
+    logins: Options.text("logins").pipe(Options.withDescription("comma-separated OS logins"), Options.optional),
+    dbUsers: Options.text("db-users").pipe(Options.withDescription("comma-separated database users"), Options.optional),
+    dbNames: Options.text("db-names").pipe(Options.withDescription("comma-separated database names"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const traits: Record<string, Array<string>> = {}
+      if (Option.isSome(o.logins)) traits["logins"] = list(o.logins)
+      if (Option.isSome(o.dbUsers)) traits["db_users"] = list(o.dbUsers)
+      if (Option.isSome(o.dbNames)) traits["db_names"] = list(o.dbNames)
+      const u = yield* auth("users.create", { name: o.name, roles: list(Option.some(o.roles)), traits })
+      yield* Console.log(`User "${u.name}" has been created with roles ${u.roles.join(", ")}.`)
+    })
+).pipe(Command.withDescription("Add a user with the given roles and traits."))
+
+const usersLs = Command.make("ls", { format: formatOpt(["text", "json"], "text") }, (o) =>
+  Effect.gen(function* () {
+    const users = yield* auth("users.list", {})
+    yield* Console.log(o.format === "json" ? JSON.stringify(users, null, 2) : userRows(users))
+  })
+).pipe(Command.withDescription("List users."))
+
+const usersRm = Command.make("rm", { name: userName }, (o) =>
+  Effect.gen(function* () {
+    yield* auth("users.delete", { name: o.name })
+    yield* Console.log(`User "${o.name}" has been deleted.`)
+  })
+).pipe(Command.withDescription("Delete a user."))
+
+const usersUpdate = Command.make(
+  "update",
+  {
+    name: userName,
+    setRoles: Options.text("set-roles").pipe(Options.withDescription("replace the user's roles"), Options.optional),
+    setLogins: Options.text("set-logins").pipe(Options.withDescription("replace the user's logins"), Options.optional),
+    setDbUsers: Options.text("set-db-users").pipe(Options.withDescription("replace the user's database users"), Options.optional),
+    setDbNames: Options.text("set-db-names").pipe(Options.withDescription("replace the user's database names"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const current = yield* auth("users.get", { name: o.name })
+      const traits: Record<string, ReadonlyArray<string>> = { ...current.traits }
+      if (Option.isSome(o.setLogins)) traits["logins"] = list(o.setLogins)
+      if (Option.isSome(o.setDbUsers)) traits["db_users"] = list(o.setDbUsers)
+      if (Option.isSome(o.setDbNames)) traits["db_names"] = list(o.setDbNames)
+      if (Option.isNone(o.setRoles) && Option.isNone(o.setLogins) && Option.isNone(o.setDbUsers) && Option.isNone(o.setDbNames)) {
+        return yield* new BadParameter({ message: "nothing to update: give --set-roles, --set-logins, --set-db-users or --set-db-names" })
+      }
+      const u = yield* auth("users.update", {
+        name: o.name,
+        ...(Option.isSome(o.setRoles) ? { roles: list(o.setRoles) } : {}),
+        traits
+      })
+      yield* Console.log(`User "${u.name}" has been updated (roles ${u.roles.join(", ")}).`)
+    })
+).pipe(Command.withDescription("Update a user's roles or traits."))
+
+const users = Command.make("users").pipe(
+  Command.withDescription("Manage users."),
+  Command.withSubcommands([usersAdd, usersLs, usersRm, usersUpdate])
+)
+
+const create = Command.make(
+  "create",
+  {
+    force: Options.boolean("force").pipe(Options.withAlias("f"), Options.withDescription("overwrite an existing resource")),
+    file: Args.file({ name: "file", exists: "yes" }).pipe(Args.withDescription("YAML file with one or more roles"))
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const text = yield* Effect.try({
+        try: () => fs.readFileSync(o.file, "utf8"),
+        catch: (e) => new BadParameter({ message: `cannot read ${o.file}: ${(e as Error).message}` })
+      })
+      const parsed = parseRoles(text)
+      if (Either.isLeft(parsed)) return yield* new BadParameter({ message: `${o.file}: ${parsed.left.message}` })
+      for (const role of parsed.right) {
+        const r = yield* auth("roles.upsert", { role, force: o.force })
+        yield* Console.log(`role "${r.name}" has been ${r.created ? "created" : "updated"}`)
+      }
+    })
+).pipe(Command.withDescription("Create resources (roles) from a YAML file."))
+
+/** `roles`, `users`, `role/NAME`, `user/NAME`. */
+const parseRef = (ref: string) => {
+  const m = /^(roles?|users?)(?:\/(.+))?$/.exec(ref)
+  if (m === null) return Either.left(`unknown resource ${JSON.stringify(ref)}; expected roles, users, role/NAME or user/NAME`)
+  return Either.right({ kind: m[1]!.startsWith("role") ? ("role" as const) : ("user" as const), name: m[2] })
+}
+
+const get = Command.make(
+  "get",
+  {
+    ref: Args.text({ name: "resource" }).pipe(Args.withDescription("roles, users, role/NAME or user/NAME")),
+    format: formatOpt(["yaml", "json", "text"], "yaml")
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const ref = parseRef(o.ref)
+      if (Either.isLeft(ref)) return yield* new BadParameter({ message: ref.left })
+      const { kind, name } = ref.right
+      if (kind === "role") {
+        const roles = name === undefined ? yield* auth("roles.list", {}) : [yield* auth("roles.get", { name })]
+        yield* Console.log(
+          o.format === "json"
+            ? JSON.stringify(roles.map((r) => encodeRole(r)), null, 2)
+            : o.format === "text"
+              ? roleRows(roles)
+              : renderRoles(roles).trimEnd()
+        )
+      } else {
+        const us = name === undefined ? yield* auth("users.list", {}) : [yield* auth("users.get", { name })]
+        const docs = us.map((u) => ({
+          kind: "user",
+          version: "v2",
+          metadata: { name: u.name },
+          spec: { roles: u.roles, traits: u.traits, ...(u.created_by === undefined ? {} : { created_by: { user: { name: u.created_by }, time: u.created_at } }) }
+        }))
+        const { stringify } = yield* Effect.promise(() => import("yaml"))
+        yield* Console.log(
+          o.format === "json" ? JSON.stringify(docs, null, 2) : o.format === "text" ? userRows(us) : docs.map((d) => stringify(d)).join("---\n").trimEnd()
+        )
+      }
+    })
+).pipe(Command.withDescription("Print resources: roles, users, role/NAME, user/NAME."))
+
+const rm = Command.make("rm", { ref: Args.text({ name: "resource" }).pipe(Args.withDescription("role/NAME or user/NAME")) }, (o) =>
+  Effect.gen(function* () {
+    const ref = parseRef(o.ref)
+    if (Either.isLeft(ref) || ref.right.name === undefined) {
+      return yield* new BadParameter({ message: `expected role/NAME or user/NAME, got ${JSON.stringify(o.ref)}` })
+    }
+    const { kind, name } = ref.right
+    yield* kind === "role" ? auth("roles.delete", { name }) : auth("users.delete", { name })
+    yield* Console.log(`${kind} "${name}" has been deleted`)
+  })
+).pipe(Command.withDescription("Delete a resource."))
+
+// --- audit
+
+const rfc3339 = (flag: string, s: string) =>
+  Number.isNaN(Date.parse(s))
+    ? Effect.fail(new BadParameter({ message: `--${flag}: ${JSON.stringify(s)} is not an RFC 3339 time` }))
+    : Effect.succeed(new Date(s).toISOString())
+
+const auditSearch = Command.make(
+  "search",
+  {
+    since: Options.text("since").pipe(Options.withDescription("events newer than this duration, e.g. 1h, 30m"), Options.optional),
+    from: Options.text("from").pipe(Options.withDescription("start time, RFC 3339"), Options.optional),
+    to: Options.text("to").pipe(Options.withDescription("end time, RFC 3339"), Options.optional),
+    type: Options.text("type").pipe(Options.withDescription("event types, comma-separated (e.g. user.create)"), Options.optional),
+    user: Options.text("user").pipe(Options.withDescription("only events of this user"), Options.optional),
+    sid: Options.text("sid").pipe(Options.withDescription("only events of this session"), Options.optional),
+    limit: Options.integer("limit").pipe(Options.withDescription("at most this many events (default 1000)"), Options.withDefault(1000)),
+    format: formatOpt(["text", "json"], "text")
+  },
+  (o) =>
+    Effect.gen(function* () {
+      if (Option.isSome(o.since) && (Option.isSome(o.from) || Option.isSome(o.to))) {
+        return yield* new BadParameter({ message: "use either --since or --from/--to" })
+      }
+      let from: string | undefined
+      if (Option.isSome(o.since)) {
+        const ms = parseDurationOption(o.since.value)
+        if (Option.isNone(ms)) return yield* new BadParameter({ message: `--since: ${JSON.stringify(o.since.value)} is not a duration such as 1h or 30m` })
+        from = new Date(Date.now() - ms.value).toISOString()
+      }
+      if (Option.isSome(o.from)) from = yield* rfc3339("from", o.from.value)
+      const to = Option.isSome(o.to) ? yield* rfc3339("to", o.to.value) : undefined
+      if (o.limit < 1 || o.limit > 100_000) return yield* new BadParameter({ message: "--limit must be between 1 and 100000" })
+      const events = yield* auth("audit.search", {
+        ...(from === undefined ? {} : { from }),
+        ...(to === undefined ? {} : { to }),
+        ...(Option.isSome(o.type) ? { types: list(o.type) } : {}),
+        ...(Option.isSome(o.user) ? { user: o.user.value } : {}),
+        ...(Option.isSome(o.sid) ? { sid: o.sid.value } : {}),
+        limit: o.limit,
+        order: "asc"
+      })
+      if (o.format === "json") {
+        for (const e of events) yield* Console.log(JSON.stringify(e))
+      } else {
+        yield* Console.log(
+          table(
+            ["Seq", "Time", "Event", "Code", "User", "Details"],
+            events.map((e) => {
+              const { seq, time, event, code, user, uid: _uid, hash: _hash, cluster_name: _c, ...rest } = e
+              return [String(seq), String(time), String(event), String(code), String(user ?? ""), JSON.stringify(rest)]
+            })
+          )
+        )
+      }
+    })
+).pipe(Command.withDescription("Search the audit log by time, type, user or session."))
+
+const auditVerify = Command.make("verify", {}, () =>
+  Effect.gen(function* () {
+    const r = yield* auth("audit.verify", {})
+    if (r.ok) return yield* Console.log(`chain intact: ${r.count} events`)
+    yield* Console.error(`chain broken at seq ${r.broken_at}: ${r.reason} (${r.count} events before it verify)`)
+    process.exitCode = 1
+  })
+).pipe(Command.withDescription("Verify the hash chain of the whole event log (exit 1 naming the first broken seq)."))
+
+const audit = Command.make("audit").pipe(
+  Command.withDescription("Search and verify the audit log."),
+  Command.withSubcommands([auditSearch, auditVerify])
+)
+
+const eventsReplay = Command.make("replay", {}, () =>
+  Effect.gen(function* () {
+    yield* Console.error("replaying the event log into the RBAC view and the audit index...")
+    const r = yield* auth("events.replay", {})
+    yield* Console.log(`replayed ${r.events} events in ${r.millis} ms`)
+  })
+).pipe(Command.withDescription("Rebuild the projections (RBAC view, audit index) from seq 1."))
+
+const events = Command.make("events").pipe(
+  Command.withDescription("Operate on the event log."),
+  Command.withSubcommands([eventsReplay])
+)
+
+const tctl = root.pipe(
+  Command.withDescription("Administer a Remoteler cluster through its auth service."),
+  Command.withSubcommands([status, users, create, get, rm, audit, events])
+)
+
+runCli(Command.run(tctl, { name: "tctl", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)
