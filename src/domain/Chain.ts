@@ -41,13 +41,23 @@ export const seal = (fields: ChainedFields): { readonly body: string; readonly h
   return { body, hash: sha256Hex(body) }
 }
 
-/** A stored row as `verify` sees it: the indexed columns beside the body they were taken from. */
+/** A stored row as `verify` sees it: the body, its hash, and the indexed columns taken from it. */
 export interface StoredEventRow {
   readonly seq: number
   readonly body: string
   readonly prev_hash: string
   readonly hash: string
+  readonly id?: string
+  readonly type?: string
+  readonly code?: string
+  readonly time?: string
+  readonly stream?: string
+  readonly version?: number
+  readonly actor?: string
 }
+
+/** Columns stored beside the body for indexing; each must equal the body's field. */
+const INDEXED_COLUMNS = ["id", "type", "code", "time", "stream", "version", "actor"] as const
 
 export type ChainBreak = {
   readonly seq: number
@@ -63,7 +73,7 @@ export const checkLink = (
   expectedSeq: number,
   expectedPrevHash: string
 ): ChainBreak | undefined => {
-  if (row.seq !== expectedSeq) return { seq: row.seq, reason: "seq-gap" }
+  if (row.seq !== expectedSeq) return { seq: expectedSeq, reason: "seq-gap" }
   if (sha256Hex(row.body) !== row.hash) return { seq: row.seq, reason: "hash-mismatch" }
   let parsed: ChainedFields
   try {
@@ -73,6 +83,12 @@ export const checkLink = (
   }
   if (canonicalize(parsed) !== row.body) return { seq: row.seq, reason: "body-not-canonical" }
   if (parsed.seq !== row.seq) return { seq: row.seq, reason: "column-mismatch" }
+  // The hash covers the body only; an edited index column (type, stream, ...) would mislead
+  // searches without touching the body, so each one must still equal the body's field.
+  for (const column of INDEXED_COLUMNS) {
+    const value = row[column]
+    if (value !== undefined && value !== parsed[column]) return { seq: row.seq, reason: "column-mismatch" }
+  }
   if (parsed.prev_hash !== row.prev_hash || row.prev_hash !== expectedPrevHash) {
     return { seq: row.seq, reason: "prev-hash-mismatch" }
   }
