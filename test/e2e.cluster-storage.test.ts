@@ -1,0 +1,106 @@
+/**
+ * `remoteler start --storage=postgres://... --nats=nats://...`: the same commands on the cluster
+ * backends. A SIEM-style subscriber on `remoteler.main.events.>` sees every committed event once,
+ * in seq order, and the JetStream stream REMOTELER_EVENTS keeps them.
+ */
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { connect } from "@nats-io/transport-node"
+import { jetstreamManager } from "@nats-io/jetstream"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import type { NatsServer } from "./fixtures/nats.ts"
+import { startNatsServer } from "./fixtures/nats.ts"
+import type { PostgresServer } from "./fixtures/postgres.ts"
+import { startPostgresAsync } from "./fixtures/postgres.ts"
+import type { Service } from "./fixtures/processes.ts"
+import { bin, node, startService } from "./fixtures/processes.ts"
+
+describe("remoteler start on PostgreSQL and NATS", () => {
+  let pg: PostgresServer
+  let nats: NatsServer
+  let dir: string
+  let server: Service | undefined
+  let storage: string
+
+  const start = async () => {
+    const s = startService(process.execPath, [bin("remoteler"), "start", "--data-dir", dir, `--storage=${storage}`, `--nats=${nats.urlWithAuth}`])
+    await s.waitFor(/auth service running/, 60_000)
+    return s
+  }
+  const tctl = (...args: Array<string>) => node(bin("tctl"), ["--data-dir", dir, ...args])
+
+  beforeAll(async () => {
+    ;[pg, nats] = await Promise.all([startPostgresAsync(), startNatsServer()])
+    storage = await pg.createDatabase("remoteler")
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "remoteler-cluster-"))
+  })
+  afterAll(async () => {
+    await server?.stop()
+    await Promise.all([pg?.stop(), nats?.dispose()])
+    if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("stores events in PostgreSQL and publishes each once, in order, on NATS", async () => {
+    const nc = await connect({ servers: nats.url, user: nats.user, pass: nats.pass })
+    const received: Array<{ subject: string; seq: number; event: string }> = []
+    const sub = nc.subscribe("remoteler.main.events.>", {
+      callback: (_err, msg) => {
+        const e = msg.json<{ seq: number; event: string }>()
+        received.push({ subject: msg.subject, seq: e.seq, event: e.event })
+      }
+    })
+    await nc.flush()
+
+    server = await start()
+    const status = await tctl("status")
+    expect(status.stdout).toMatch(/Storage\s+postgres:\/\/127\.0\.0\.1:\d+\/remoteler/)
+    expect(status.stdout).toMatch(/Bus\s+nats:\/\/127\.0\.0\.1/)
+    expect(status.stdout).not.toContain(nats.pass)
+
+    expect((await tctl("users", "add", "alice", "--roles=access", "--logins=alice")).code).toBe(0)
+    expect((await tctl("users", "add", "bob", "--roles=auditor")).code).toBe(0)
+    expect((await tctl("users", "rm", "bob")).code).toBe(0)
+
+    const deadline = Date.now() + 10_000
+    while (received.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+    expect(received.map((r) => r.event)).toEqual(["user.create", "user.create", "user.delete"])
+    expect(received.map((r) => r.seq)).toEqual([1, 2, 3])
+    expect(received[0]!.subject).toBe("remoteler.main.events.user.create")
+
+    const jsm = await jetstreamManager(nc)
+    const info = await jsm.streams.info("REMOTELER_EVENTS")
+    expect(info.state.messages).toBe(3)
+    sub.unsubscribe()
+    await nc.close()
+
+    // The rows are in PostgreSQL, and they survive a restart of the service.
+    expect((await pg.psql("SELECT count(*) FROM events", "remoteler")).trim()).toBe("3")
+    await server.stop()
+    server = await start()
+    const users = JSON.parse((await tctl("users", "ls", "--format=json")).stdout) as Array<{ name: string }>
+    expect(users.map((u) => u.name)).toEqual(["alice"])
+    expect((await tctl("audit", "verify")).stdout).toMatch(/chain intact: 3 events/)
+  })
+
+  it("keeps appending while NATS is down and publishes the backlog when it returns", async () => {
+    await nats.stop()
+    expect((await tctl("users", "add", "carol", "--roles=access")).code).toBe(0)
+    const during = await tctl("status")
+    expect(during.stdout).toMatch(/Events\s+4/)
+
+    await nats.restart()
+    const nc = await connect({ servers: nats.url, user: nats.user, pass: nats.pass })
+    const jsm = await jetstreamManager(nc)
+    const deadline = Date.now() + 20_000
+    let messages = 0
+    while (Date.now() < deadline) {
+      messages = (await jsm.streams.info("REMOTELER_EVENTS")).state.messages
+      if (messages >= 4) break
+      await new Promise((r) => setTimeout(r, 250))
+    }
+    expect(messages).toBe(4)
+    await nc.close()
+    expect((await tctl("status")).stdout).toMatch(/Outbox\s+at seq 4/)
+  })
+})
