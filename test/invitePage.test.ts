@@ -107,3 +107,120 @@ describe("renderMessagePage", () => {
     expect(html.startsWith("<!DOCTYPE html>")).toBe(true)
   })
 })
+
+/**
+ * The page's script run against a minimal stand-in for the DOM (no browser on this machine): it
+ * checks what the script sends and what it shows, not the layout.
+ */
+describe("invite page script", () => {
+  interface FakeElement {
+    hidden: boolean
+    textContent: string
+    disabled: boolean
+    value: string
+  }
+  const element = (): FakeElement => ({ hidden: true, textContent: "", disabled: false, value: "" })
+
+  const run = async (
+    options: { readonly secondFactor: "otp" | "off"; readonly proxyAddr?: string },
+    input: { readonly password: string; readonly confirm: string; readonly otp?: string },
+    answer: { readonly status: number; readonly body: string } | undefined
+  ) => {
+    const { runInNewContext } = await import("node:vm")
+    const html = await renderInvitePage({
+      token: "t/k n",
+      user: "alice",
+      totpSecret: secret,
+      totpUri: uri,
+      ...options
+    })
+    const attr = (name: string) => new RegExp(`${name}="([^"]*)"`).exec(html)?.[1] ?? ""
+    const fields: Record<string, FakeElement> = {
+      password: { ...element(), value: input.password },
+      confirm: { ...element(), value: input.confirm }
+    }
+    if (input.otp !== undefined) fields.otp_token = { ...element(), value: input.otp }
+    let submit: ((event: { preventDefault: () => void }) => void) | undefined
+    const button = element()
+    const form = {
+      ...element(),
+      hidden: false,
+      dataset: { token: attr("data-token"), user: attr("data-user"), proxy: attr("data-proxy"), minLength: "12" },
+      elements: fields,
+      querySelector: () => button,
+      addEventListener: (_: string, listener: typeof submit) => {
+        submit = listener
+      }
+    }
+    const boxes: Record<string, FakeElement | typeof form> = {
+      "invite-form": form,
+      error: element(),
+      success: element(),
+      "login-command": element()
+    }
+    const requests: Array<{ url: string; init: { method: string; body: string } }> = []
+    const fetch = (url: string, init: { method: string; body: string }) => {
+      requests.push({ url, init })
+      if (answer === undefined) return Promise.reject(new TypeError("Failed to fetch"))
+      return Promise.resolve({
+        ok: answer.status < 400,
+        status: answer.status,
+        statusText: "Status",
+        text: () => Promise.resolve(answer.body)
+      })
+    }
+    runInNewContext(scriptOf(html)!, {
+      document: { getElementById: (id: string) => boxes[id] },
+      location: { host: "page.example:3080" },
+      fetch
+    })
+    submit!({ preventDefault: () => {} })
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    return { requests, error: boxes.error as FakeElement, success: boxes.success as FakeElement, command: boxes["login-command"] as FakeElement, form }
+  }
+
+  const good = { password: "a long enough password", confirm: "a long enough password", otp: "123 456" }
+
+  it("posts { password, otp_token } and shows the tsh login command", async () => {
+    const result = await run({ secondFactor: "otp", proxyAddr: "proxy.example.com:443" }, good, { status: 200, body: "{}" })
+    expect(result.requests).toHaveLength(1)
+    expect(result.requests[0]!.url).toBe("/v1/webapi/invite/t%2Fk%20n")
+    expect(result.requests[0]!.init.method).toBe("POST")
+    expect(JSON.parse(result.requests[0]!.init.body)).toEqual({ password: good.password, otp_token: "123456" })
+    expect(result.success.hidden).toBe(false)
+    expect(result.form.hidden).toBe(true)
+    expect(result.command.textContent).toBe("tsh login --proxy=proxy.example.com:443 --user=alice")
+  })
+
+  it("falls back to the page's host and omits otp_token without a second factor", async () => {
+    const result = await run({ secondFactor: "off" }, { password: good.password, confirm: good.confirm }, { status: 200, body: "" })
+    expect(JSON.parse(result.requests[0]!.init.body)).toEqual({ password: good.password })
+    expect(result.command.textContent).toBe("tsh login --proxy=page.example:3080 --user=alice")
+  })
+
+  it("shows the server's error message", async () => {
+    const body = JSON.stringify({ error: { message: "invalid one-time code" } })
+    const result = await run({ secondFactor: "otp" }, good, { status: 400, body })
+    expect(result.error.hidden).toBe(false)
+    expect(result.error.textContent).toBe("invalid one-time code")
+    expect(result.success.hidden).toBe(true)
+  })
+
+  it("shows the status when the error is not JSON, and a network failure", async () => {
+    const status = await run({ secondFactor: "otp" }, good, { status: 502, body: "<html>bad gateway</html>" })
+    expect(status.error.textContent).toBe("The server answered 502 Status.")
+    const network = await run({ secondFactor: "otp" }, good, undefined)
+    expect(network.error.textContent).toBe("Failed to fetch")
+  })
+
+  it("checks the form before sending", async () => {
+    const mismatch = await run({ secondFactor: "otp" }, { ...good, confirm: "something else entirely" }, { status: 200, body: "" })
+    expect(mismatch.requests).toHaveLength(0)
+    expect(mismatch.error.textContent).toBe("The passwords do not match.")
+    const short = await run({ secondFactor: "otp" }, { ...good, password: "short", confirm: "short" }, { status: 200, body: "" })
+    expect(short.error.textContent).toBe("Password must be at least 12 characters long.")
+    const code = await run({ secondFactor: "otp" }, { ...good, otp: "12ab" }, { status: 200, body: "" })
+    expect(code.requests).toHaveLength(0)
+    expect(code.error.textContent).toMatch(/6-digit code/)
+  })
+})
