@@ -6,6 +6,7 @@
  */
 import { generateKeyPairSync } from "node:crypto"
 import * as fs from "node:fs"
+import type { ServerResponse } from "node:http"
 import * as https from "node:https"
 import type { AddressInfo } from "node:net"
 import * as os from "node:os"
@@ -54,7 +55,7 @@ const startFakeProxy = async (): Promise<FakeProxy> => {
   const logins: Array<LoginRequest> = []
   let port = 0
 
-  const reply = (res: import("node:http").ServerResponse, status: number, body: unknown) => {
+  const reply = (res: ServerResponse, status: number, body: unknown) => {
     res.writeHead(status, { "content-type": "application/json" })
     res.end(JSON.stringify(body))
   }
