@@ -8,6 +8,7 @@ import { generateKeyPairSync } from "node:crypto"
 import * as fs from "node:fs"
 import type { ServerResponse } from "node:http"
 import * as https from "node:https"
+import type { TLSSocket } from "node:tls"
 import type { AddressInfo } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -15,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Effect, Either } from "effect"
 import { readIdentityFile, writeIdentityFile } from "../src/adapters/IdentityFile.ts"
 import { loadProfile } from "../src/adapters/TshProfile.ts"
+import * as WebApi from "../src/adapters/WebApiClient.ts"
 import type { CertificateAuthority } from "../src/adapters/x509.ts"
 import { generateCa, generateEcdsaKeyPair, parseCertIdentity, signHostCert, signUserCert } from "../src/adapters/x509.ts"
 import type { LoginRequest } from "../src/domain/WebApi.ts"
@@ -60,7 +62,8 @@ const startFakeProxy = async (): Promise<FakeProxy> => {
     res.end(JSON.stringify(body))
   }
 
-  const server = https.createServer({ key: serverKey.privateKeyPem, cert: serverCert.pem }, (req, res) => {
+  // asks for a client certificate (whoami is mTLS) and judges it in the handler
+  const server = https.createServer({ key: serverKey.privateKeyPem, cert: serverCert.pem, requestCert: true, rejectUnauthorized: false, ca: [userCa.certPem] }, (req, res) => {
     const chunks: Array<Buffer> = []
     req.on("data", (c: Buffer) => chunks.push(c))
     req.on("end", () => {
@@ -72,6 +75,12 @@ const startFakeProxy = async (): Promise<FakeProxy> => {
             auth: { type: "local", second_factor: "otp" },
             proxy: { web_public_addr: `127.0.0.1:${port}`, ssh_public_addr: "127.0.0.1:3023" }
           })
+        }
+        if (req.method === "GET" && req.url === "/v1/webapi/whoami") {
+          const socket = req.socket as TLSSocket
+          if (!socket.authorized) return reply(res, 401, { error: { message: "a user certificate is required" } })
+          const id = Either.getOrThrow(parseCertIdentity(socket.getPeerX509Certificate()!.toString()))
+          return reply(res, 200, { user: id.username, roles: id.roles })
         }
         if (req.method === "POST" && req.url === "/v1/webapi/ssh/certs") {
           const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as LoginRequest
@@ -285,6 +294,13 @@ describe("tsh against a fake proxy", () => {
       })
     )
     expect((await Effect.runPromise(readIdentityFile(idFile))).tlsCert).toBe(p.tlsCert)
+
+    // the stored certificate and key authenticate to the proxy (mTLS), verified with certs.pem
+    const me = await Effect.runPromise(WebApi.whoami(proxy.addr, { tlsCert: p.tlsCert, key: p.tlsPrivateKeyPem, caCerts: p.caCerts }))
+    expect(me).toEqual({ user: "alice", roles: ["access", "editor"] })
+    expect((await Effect.runPromise(WebApi.find(proxy.addr, { caCerts: p.caCerts }))).cluster_name).toBe("main")
+    const untrusted = await Effect.runPromise(Effect.flip(WebApi.find(proxy.addr)))
+    expect(untrusted.reason).toBe("Untrusted")
     const empty = newHome()
     for (const args of [["-i", idFile, "status"], ["status", "-i", idFile], ["--identity", idFile, "status", "--format=json"]]) {
       const st = await tsh(empty, args)
