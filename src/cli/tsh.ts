@@ -51,7 +51,7 @@ const pipedLines = () => {
 }
 
 /** Reads one line from the terminal in raw mode, echoing it or not. */
-const ttyLine = (echo: boolean) =>
+const ttyLine = (question: string, echo: boolean) =>
   new Promise<string>((resolve, reject) => {
     const stdin = process.stdin
     let value = ""
@@ -77,7 +77,9 @@ const ttyLine = (echo: boolean) =>
         }
       }
     }
+    // raw mode (no terminal echo) before the prompt shows, so nothing typed after it is echoed
     stdin.setRawMode(true)
+    process.stderr.write(question)
     stdin.resume()
     stdin.on("data", onData)
   })
@@ -85,10 +87,10 @@ const ttyLine = (echo: boolean) =>
 /** Prompts on stderr; reads the terminal (echo off for secrets) or, when stdin is not a terminal, its next line. */
 const prompt = (question: string, secret: boolean, what: string) =>
   Effect.gen(function* () {
-    yield* Effect.sync(() => process.stderr.write(question))
     if (process.stdin.isTTY) {
-      return yield* Effect.tryPromise({ try: () => ttyLine(!secret), catch: (e) => (e instanceof TshError ? e : new TshError({ message: String(e) })) })
+      return yield* Effect.tryPromise({ try: () => ttyLine(question, !secret), catch: (e) => (e instanceof TshError ? e : new TshError({ message: String(e) })) })
     }
+    yield* Effect.sync(() => process.stderr.write(question))
     const line = yield* Effect.promise(() => pipedLines().next())
     yield* Effect.sync(() => process.stderr.write("\n"))
     if (line === undefined) return yield* new TshError({ message: `no ${what} on stdin (give it on ${what === "password" ? "the first" : "the second"} line)` })
