@@ -24,7 +24,7 @@ describe("remoteler start on PostgreSQL and NATS", () => {
   let storage: string
 
   const start = async () => {
-    const s = startService(process.execPath, [bin("remoteler"), "start", "--data-dir", dir, `--storage=${storage}`, `--nats=${nats.urlWithAuth}`])
+    const s = startService(process.execPath, [bin("remoteler"), "start", "--roles=auth", "--data-dir", dir, `--storage=${storage}`, `--nats=${nats.urlWithAuth}`])
     await s.waitFor(/auth service running/, 60_000)
     return s
   }

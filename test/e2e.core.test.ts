@@ -19,7 +19,7 @@ describe("remoteler start + tctl on embedded defaults", () => {
   let server: Service
 
   const start = async (extra: ReadonlyArray<string> = []) => {
-    const s = startService(process.execPath, [bin("remoteler"), "start", "--data-dir", dataDir, ...extra])
+    const s = startService(process.execPath, [bin("remoteler"), "start", "--roles=auth", "--data-dir", dataDir, ...extra])
     await s.waitFor(READY, 60_000)
     return s
   }
@@ -45,7 +45,7 @@ describe("remoteler start + tctl on embedded defaults", () => {
   })
 
   it("refuses a second start on the same data dir", async () => {
-    const r = await node(bin("remoteler"), ["start", "--data-dir", dataDir])
+    const r = await node(bin("remoteler"), ["start", "--roles=auth", "--data-dir", dataDir])
     expect(r.code).toBe(1)
     expect(r.stderr).toMatch(/already running on data dir/)
   })

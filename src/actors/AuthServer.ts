@@ -19,6 +19,9 @@ import { presets } from "../domain/Presets.ts"
 import * as RbacView from "../domain/RbacView.ts"
 import type { ProjectorShape } from "./Projector.ts"
 import * as Projector from "./Projector.ts"
+import { CertAuthority } from "./CertAuthority.ts"
+import * as LocalAuth from "./LocalAuth.ts"
+import type { LocalAuthSettings } from "./LocalAuth.ts"
 import { Outbox } from "./Outbox.ts"
 
 export const VERSION = "0.1.0"
@@ -30,8 +33,7 @@ export class RbacProjector extends Context.Tag("remoteler/RbacProjector")<
 
 export const projectorLayer = Projector.layer(RbacProjector, { empty: RbacView.empty, apply: RbacView.apply })
 
-export interface AuthSettings {
-  readonly clusterName: string
+export interface AuthSettings extends LocalAuthSettings {
   readonly storage: string
   readonly bus: string
 }
@@ -48,6 +50,7 @@ export const make = (settings: AuthSettings) =>
     const store = yield* EventStore
     const projector = yield* RbacProjector
     const outbox = yield* Outbox
+    const ca = yield* CertAuthority
     const view = projector.state
 
     /** Appends to one stream at its current version and waits until the view has applied it. */
@@ -94,6 +97,7 @@ export const make = (settings: AuthSettings) =>
       })
 
     const actor = "admin"
+    const local = LocalAuth.make({ store, projector, ca, settings, write })
 
     const handlers: Handlers = {
       status: () =>
@@ -125,7 +129,8 @@ export const make = (settings: AuthSettings) =>
           yield* write(`user/${req.name}`, actor, [
             Event.make("user.create", { name: req.name, roles: req.roles, traits: req.traits, created_by: actor })
           ])
-          return userOut(yield* getUser(req.name))
+          const invite = yield* local.createInvite(req.name, actor)
+          return { user: userOut(yield* getUser(req.name)), invite }
         }),
 
       "users.update": (req) =>
@@ -222,7 +227,9 @@ export const make = (settings: AuthSettings) =>
           }
         }),
 
-      "events.replay": () => projector.replay
+      "events.replay": () => projector.replay,
+
+      ...local.handlers
     }
     return handlers
   })

@@ -63,7 +63,7 @@ export const serveUnixSocket = (handlers: Handlers, socketPath: string): Effect.
     const runtime = yield* Effect.runtime<never>()
     const run = Runtime.runPromise(runtime)
     const server = http.createServer((req, res) => {
-      const match = /^\/v1\/rpc\/([a-z.]+)$/.exec(req.url ?? "")
+      const match = /^\/v1\/rpc\/([a-z._]+)$/.exec(req.url ?? "")
       if (req.method !== "POST" || match === null) return send(res, 404, { error: { _tag: "NotFound", message: "no such endpoint" } })
       readBody(req)
         .then((text) => {

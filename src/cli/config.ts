@@ -67,8 +67,8 @@ export const resolve = (flags: StartFlags): Effect.Effect<ResolvedConfig, Config
       if (file.proxy_service?.enabled ?? file.proxy_service !== undefined) enabled.add("proxy")
       if (file.db_service?.enabled ?? file.db_service !== undefined) enabled.add("db")
       if (file.ssh_service?.enabled ?? file.ssh_service !== undefined) enabled.add("node")
-      // The embedded default: with nothing configured, run the auth service.
-      roles = enabled.size > 0 ? enabled : new Set<Role>(["auth"])
+      // The embedded default: with nothing configured, run auth and proxy in this process.
+      roles = enabled.size > 0 ? enabled : new Set<Role>(["auth", "proxy"])
     }
 
     let storage: StorageConfig = file.remoteler?.storage ?? { type: "sqlite" }

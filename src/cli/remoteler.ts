@@ -8,7 +8,12 @@ import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
+import * as os from "node:os"
+import * as CertAuthority from "../actors/CertAuthority.ts"
 import * as Outbox from "../actors/Outbox.ts"
+import * as ProxyWeb from "../actors/ProxyWeb.ts"
+import * as AuthApiBus from "../adapters/AuthApiBus.ts"
+import { Bus } from "../adapters/Bus.ts"
 import { serveUnixSocket } from "../adapters/AuthApiHttp.ts"
 import * as BusMemory from "../adapters/BusMemory.ts"
 import * as BusNats from "../adapters/BusNats.ts"
@@ -52,19 +57,55 @@ const natsOptions = (n: NatsConfig, clusterName: string): BusNats.NatsOptions =>
 const busLayer = (cfg: ResolvedConfig) =>
   cfg.nats === undefined ? BusMemory.layer : BusNats.layer(natsOptions(cfg.nats, cfg.clusterName))
 
-/** The auth role: store, bus, projector, outbox, handlers, and the admin socket for `tctl`. */
+/** The auth role: store, projector, outbox, CAs, handlers; the admin socket for `tctl`; RPC on the bus. */
 const authLayer = (cfg: ResolvedConfig) => {
-  const core = Layer.merge(storeLayer(cfg), busLayer(cfg))
   const actors = Layer.merge(AuthServer.projectorLayer, Outbox.layer(cfg.clusterName))
+  const ca = CertAuthority.layer(AuthServer.RbacProjector, cfg.clusterName)
   const server = AuthServer.layer({
     clusterName: cfg.clusterName,
     storage: describeStorage(cfg.storage),
-    bus: describeNats(cfg.nats)
+    bus: describeNats(cfg.nats),
+    secondFactor: cfg.secondFactor,
+    proxyPublicAddr: proxyPublicAddr(cfg),
+    version: AuthServer.VERSION
   })
-  const adminSocket = Layer.scopedDiscard(
-    Effect.flatMap(AuthServer.AuthServer, (handlers) => serveUnixSocket(handlers, DataDir.adminSocketPath(cfg.dataDir)))
+  const endpoints = Layer.scopedDiscard(
+    Effect.gen(function* () {
+      const handlers = yield* AuthServer.AuthServer
+      yield* serveUnixSocket(handlers, DataDir.adminSocketPath(cfg.dataDir))
+      yield* AuthApiBus.serve(yield* Bus, handlers, cfg.clusterName)
+    })
   )
-  return adminSocket.pipe(Layer.provide(server), Layer.provide(actors), Layer.provide(core))
+  return endpoints.pipe(
+    Layer.provide(server),
+    Layer.provide(ca),
+    Layer.provideMerge(actors),
+    Layer.provide(storeLayer(cfg))
+  )
+}
+
+const DEFAULT_WEB_LISTEN = "0.0.0.0:3080"
+
+/** host:port users reach the proxy on: `public_addr`, else the listen address with this host's name. */
+const proxyPublicAddr = (cfg: ResolvedConfig): string => {
+  const pa = cfg.proxy.public_addr
+  if (pa !== undefined) return Array.isArray(pa) ? pa[0]! : (pa as string)
+  const listen = cfg.proxy.web_listen_addr ?? DEFAULT_WEB_LISTEN
+  const port = listen.slice(listen.lastIndexOf(":") + 1)
+  const host = listen.slice(0, listen.lastIndexOf(":"))
+  return `${host === "0.0.0.0" || host === "" || host === "[::]" ? os.hostname() : host}:${port}`
+}
+
+const proxyLayer = (cfg: ResolvedConfig) => {
+  const publicAddr = proxyPublicAddr(cfg)
+  const publicHost = publicAddr.slice(0, publicAddr.lastIndexOf(":")).replace(/^\[|\]$/g, "")
+  return ProxyWeb.layer({
+    clusterName: cfg.clusterName,
+    listenAddr: cfg.proxy.web_listen_addr ?? DEFAULT_WEB_LISTEN,
+    publicHosts: [...new Set([publicHost, "localhost", "127.0.0.1", "::1", os.hostname()])],
+    publicAddr,
+    ...(cfg.proxy.https_keypairs === undefined ? {} : { keyPairs: cfg.proxy.https_keypairs })
+  })
 }
 
 const start = Command.make(
@@ -88,18 +129,35 @@ const start = Command.make(
         nats: Option.getOrUndefined(flags.nats),
         clusterName: Option.getOrUndefined(flags.clusterName)
       })
-      const unsupported = [...cfg.roles].filter((r) => r !== "auth")
+      const unsupported = [...cfg.roles].filter((r) => r !== "auth" && r !== "proxy")
       if (unsupported.length > 0) {
-        return yield* Effect.fail(new Error(`role ${unsupported.join(", ")} is not available in this version; run --roles=auth`))
+        return yield* Effect.fail(new Error(`role ${unsupported.join(", ")} is not available in this version; run --roles=auth,proxy`))
+      }
+      if (cfg.roles.has("proxy") && !cfg.roles.has("auth") && cfg.nats === undefined) {
+        return yield* Effect.fail(new Error("a proxy without the auth role in the same process reaches auth over NATS: give --nats"))
       }
       yield* DataDir.acquire(cfg.dataDir)
+      const parts: Array<Layer.Layer<never, unknown, Bus>> = []
+      if (cfg.roles.has("auth")) parts.push(authLayer(cfg))
+      // The proxy starts after auth: it asks auth for its certificate over the bus.
+      const app = cfg.roles.has("proxy")
+        ? Layer.provideMerge(proxyLayer(cfg), Layer.mergeAll(Layer.empty, ...parts))
+        : Layer.mergeAll(Layer.empty, ...parts)
       yield* Layer.launch(
-        authLayer(cfg).pipe(
+        app.pipe(
+          Layer.provide(busLayer(cfg)),
           Layer.tap(() =>
             Console.log(
-              `remoteler: auth service running for cluster ${cfg.clusterName}; ` +
-                `store ${describeStorage(cfg.storage)}, bus ${describeNats(cfg.nats)}; ` +
-                `admin socket ${DataDir.adminSocketPath(cfg.dataDir)} (use: tctl --data-dir ${cfg.dataDir} status)`
+              [
+                cfg.roles.has("auth")
+                  ? `remoteler: auth service running for cluster ${cfg.clusterName}; ` +
+                    `store ${describeStorage(cfg.storage)}, bus ${describeNats(cfg.nats)}; ` +
+                    `admin socket ${DataDir.adminSocketPath(cfg.dataDir)} (use: tctl --data-dir ${cfg.dataDir} status)`
+                  : "",
+                cfg.roles.has("proxy") ? `remoteler: proxy running; users log in with: tsh login --proxy=${proxyPublicAddr(cfg)}` : ""
+              ]
+                .filter((l) => l !== "")
+                .join("\n")
             )
           )
         )

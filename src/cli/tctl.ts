@@ -125,8 +125,16 @@ const usersAdd = Command.make(
       if (Option.isSome(o.logins)) traits["logins"] = list(o.logins)
       if (Option.isSome(o.dbUsers)) traits["db_users"] = list(o.dbUsers)
       if (Option.isSome(o.dbNames)) traits["db_names"] = list(o.dbNames)
-      const u = yield* auth("users.create", { name: o.name, roles: list(Option.some(o.roles)), traits })
-      yield* Console.log(`User "${u.name}" has been created with roles ${u.roles.join(", ")}.`)
+      const { user: u, invite } = yield* auth("users.create", { name: o.name, roles: list(Option.some(o.roles)), traits })
+      yield* Console.log(
+        [
+          `User "${u.name}" has been created with roles ${u.roles.join(", ")}, but requires a password.`,
+          `Share this URL with the user to complete user setup, link is valid until ${invite.expires}:`,
+          invite.url,
+          "",
+          "NOTE: Make sure the proxy address in the URL points at your Remoteler proxy."
+        ].join("\n")
+      )
     })
 ).pipe(Command.withDescription("Add a user with the given roles and traits."))
 
@@ -172,9 +180,44 @@ const usersUpdate = Command.make(
     })
 ).pipe(Command.withDescription("Update a user's roles or traits."))
 
+const usersReset = Command.make("reset", { name: userName }, (o) =>
+  Effect.gen(function* () {
+    const invite = yield* auth("users.reset", { name: o.name })
+    yield* Console.log(
+      `User "${o.name}" has been reset. Share this URL with the user to set a new password and device, valid until ${invite.expires}:\n${invite.url}`
+    )
+  })
+).pipe(Command.withDescription("Issue a new invite link (password and one-time password device) for a user."))
+
+const readStdin = () =>
+  Effect.async<string>((resume) => {
+    const chunks: Array<Buffer> = []
+    process.stdin.on("data", (c: Buffer) => chunks.push(c))
+    process.stdin.on("end", () => resume(Effect.succeed(Buffer.concat(chunks).toString("utf8"))))
+    process.stdin.resume()
+  })
+
+const usersSetPassword = Command.make("set-password", { name: userName }, (o) =>
+  Effect.gen(function* () {
+    if (process.stdin.isTTY) yield* Console.error("Enter the new password, then press Ctrl-D:")
+    const text = yield* readStdin()
+    const password = text.split(/\r?\n/)[0] ?? ""
+    if (password === "") return yield* new BadParameter({ message: "no password on standard input" })
+    yield* auth("users.set_password", { name: o.name, password })
+    yield* Console.log(`Password of user "${o.name}" has been set.`)
+  })
+).pipe(Command.withDescription("Set a user's password from the first line of standard input (for automation)."))
+
+const usersUnlock = Command.make("unlock", { name: userName }, (o) =>
+  Effect.gen(function* () {
+    yield* auth("users.unlock", { name: o.name })
+    yield* Console.log(`User "${o.name}" has been unlocked.`)
+  })
+).pipe(Command.withDescription("Lift the lock placed on a user after repeated failed logins."))
+
 const users = Command.make("users").pipe(
   Command.withDescription("Manage users."),
-  Command.withSubcommands([usersAdd, usersLs, usersRm, usersUpdate])
+  Command.withSubcommands([usersAdd, usersLs, usersRm, usersUpdate, usersReset, usersSetPassword, usersUnlock])
 )
 
 const create = Command.make(
@@ -208,11 +251,23 @@ const parseRef = (ref: string) => {
 const get = Command.make(
   "get",
   {
-    ref: Args.text({ name: "resource" }).pipe(Args.withDescription("roles, users, role/NAME or user/NAME")),
+    ref: Args.text({ name: "resource" }).pipe(Args.withDescription("roles, users, role/NAME, user/NAME or cert_authorities")),
     format: formatOpt(["yaml", "json", "text"], "yaml")
   },
   (o) =>
     Effect.gen(function* () {
+      if (o.ref === "cert_authorities" || o.ref === "cas") {
+        const cas = yield* auth("ca.list", {})
+        const { stringify } = yield* Effect.promise(() => import("yaml"))
+        const docs = cas.map((c) => ({ kind: "cert_authority", version: "v2", metadata: { name: `${c.cluster_name}/${c.type}` }, spec: c }))
+        return yield* Console.log(
+          o.format === "json"
+            ? JSON.stringify(docs, null, 2)
+            : o.format === "text"
+              ? table(["Type", "Cluster", "Phase", "Signing key", "Trusted keys"], cas.map((c) => [c.type, c.cluster_name, c.phase, c.signing_key_id, c.trusted_key_ids.join(",")]))
+              : docs.map((d) => stringify(d)).join("---\n").trimEnd()
+        )
+      }
       const ref = parseRef(o.ref)
       if (Either.isLeft(ref)) return yield* new BadParameter({ message: ref.left })
       const { kind, name } = ref.right
@@ -338,9 +393,138 @@ const events = Command.make("events").pipe(
   Command.withSubcommands([eventsReplay])
 )
 
+// --- auth: certificates and certificate authorities
+
+const writeFile = (file: string, data: string, mode = 0o600) =>
+  Effect.try({
+    try: () => {
+      fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true })
+      fs.writeFileSync(file, data, { mode })
+      fs.chmodSync(file, mode)
+    },
+    catch: (e) => new BadParameter({ message: `cannot write ${file}: ${(e as Error).message}` })
+  })
+
+const durationSeconds = (flag: string, text: string) =>
+  Option.match(parseDurationOption(text), {
+    onNone: () => Effect.fail(new BadParameter({ message: `--${flag}: ${JSON.stringify(text)} is not a duration such as 12h or 30m` })),
+    onSome: (ms) =>
+      ms < 1000 ? Effect.fail(new BadParameter({ message: `--${flag} must be at least 1s` })) : Effect.succeed(Math.floor(ms / 1000))
+  })
+
+const authSign = Command.make(
+  "sign",
+  {
+    user: Options.text("user").pipe(Options.withDescription("sign a user certificate for this user"), Options.optional),
+    host: Options.text("host").pipe(Options.withDescription("sign a host certificate for these comma-separated names (IP addresses become IP SANs)"), Options.optional),
+    out: Options.text("out").pipe(Options.withAlias("o"), Options.withDescription("output path (base name for formats that write several files)")),
+    format: Options.choice("format", ["file", "openssh", "tls", "db"]).pipe(
+      Options.withDescription("file: identity file for tsh -i; openssh: key + -cert.pub; tls: .key/.crt/.cas; db: .key/.crt/.cas for a database server"),
+      Options.withDefault("file")
+    ),
+    ttl: Options.text("ttl").pipe(Options.withDescription("certificate lifetime, e.g. 12h (default 12h)"), Options.withDefault("12h"))
+  },
+  (o) =>
+    Effect.gen(function* () {
+      if (Option.isSome(o.user) === Option.isSome(o.host)) return yield* new BadParameter({ message: "give exactly one of --user or --host" })
+      if (Option.isSome(o.user) && o.format === "db") return yield* new BadParameter({ message: "--format=db is for database servers: use --host" })
+      if (Option.isSome(o.host) && o.format === "file") return yield* new BadParameter({ message: "--format=file is for users: use --format=openssh, tls or db with --host" })
+      const ttl = yield* durationSeconds("ttl", o.ttl)
+      const { generateKeyPairSync } = yield* Effect.promise(() => import("node:crypto"))
+      const X509 = yield* Effect.promise(() => import("../adapters/x509.ts"))
+      const ssh = yield* Effect.promise(() => import("../protocols/ssh/cert.ts"))
+      const tlsKeys = yield* X509.generateEcdsaKeyPair().pipe(Effect.mapError((e) => new BadParameter({ message: e.message })))
+      const sshKeys = generateKeyPairSync("ed25519")
+      const sshPub = ssh.publicKeyLine(ssh.publicKeyBlob(sshKeys.publicKey))
+      const wantSsh = o.format === "file" || o.format === "openssh"
+      const wantTls = o.format !== "openssh"
+      const r = yield* auth("certs.sign", {
+        kind: Option.isSome(o.user) ? "user" : o.format === "db" ? "db" : "host",
+        ...(Option.isSome(o.user) ? { user: o.user.value } : { hosts: list(o.host) }),
+        ttl_seconds: ttl,
+        ...(wantSsh ? { ssh_pub_key: sshPub } : {}),
+        ...(wantTls ? { tls_pub_key: tlsKeys.publicKeyPem } : {})
+      })
+      const written: Array<string> = []
+      const put = (file: string, data: string, mode = 0o600) => Effect.tap(writeFile(file, data, mode), () => written.push(file))
+      if (o.format === "file") {
+        const { writeIdentityFile } = yield* Effect.promise(() => import("../adapters/IdentityFile.ts"))
+        yield* writeIdentityFile(o.out, {
+          tlsPrivateKeyPem: tlsKeys.privateKeyPem,
+          sshPrivateKey: ssh.privateKeyToOpenSsh(sshKeys.privateKey),
+          sshCert: r.ssh_cert ?? "",
+          tlsCert: r.tls_cert ?? "",
+          caCerts: r.tls_ca_certs,
+          knownHosts: r.host_ca_ssh_keys.map((k) => `@cert-authority * ${k}`)
+        }).pipe(Effect.mapError((e) => new BadParameter({ message: e.message })))
+        written.push(o.out)
+      } else if (o.format === "openssh") {
+        yield* put(o.out, ssh.privateKeyToOpenSsh(sshKeys.privateKey))
+        yield* put(`${o.out}.pub`, `${sshPub}\n`, 0o644)
+        yield* put(`${o.out}-cert.pub`, `${r.ssh_cert}\n`, 0o644)
+      } else {
+        yield* put(`${o.out}.key`, tlsKeys.privateKeyPem)
+        yield* put(`${o.out}.crt`, r.tls_cert ?? "", 0o644)
+        yield* put(`${o.out}.cas`, r.tls_ca_certs.join(""), 0o644)
+      }
+      yield* Console.log(`The credentials have been written to ${written.join(", ")} (valid until ${r.expires})`)
+    })
+).pipe(Command.withDescription("Sign long-lived credentials for a user (identity file, OpenSSH, TLS) or a host/database server."))
+
+const caType = Options.choice("type", ["user", "host", "db"]).pipe(Options.withDescription("certificate authority: user, host or db"))
+
+const authExport = Command.make(
+  "export",
+  { type: caType, format: Options.choice("format", ["openssh", "tls"]).pipe(Options.withDescription("openssh (default) or tls (PEM)"), Options.withDefault("openssh")) },
+  (o) =>
+    Effect.gen(function* () {
+      const cas = yield* auth("ca.list", {})
+      const ca = cas.find((c) => c.type === o.type)
+      if (ca === undefined) return yield* new BadParameter({ message: `no ${o.type} CA` })
+      const trusted = [ca.active, ...(ca.next === undefined ? [] : [ca.next])].filter((k) => ca.trusted_key_ids.includes(k.key_id))
+      if (o.format === "tls") return yield* Console.log(trusted.map((k) => k.tls_cert.trimEnd()).join("\n"))
+      // user: lines for sshd's TrustedUserCAKeys; host: @cert-authority lines for known_hosts.
+      yield* Console.log(
+        trusted
+          .map((k) => (o.type === "host" ? `@cert-authority * ${k.ssh_public_key} type=host` : k.ssh_public_key))
+          .join("\n")
+      )
+    })
+).pipe(Command.withDescription("Export a CA's public keys: a TrustedUserCAKeys line (user), a known_hosts @cert-authority line (host), or PEM (--format=tls)."))
+
+const authRotate = Command.make(
+  "rotate",
+  {
+    type: caType,
+    phase: Options.choice("phase", ["init", "update_clients", "update_servers", "standby", "rollback"]).pipe(
+      Options.withDescription("go to this rotation phase (manual rotation)"),
+      Options.optional
+    ),
+    manual: Options.boolean("manual").pipe(Options.withDescription("manual rotation: move one phase at a time with --phase"))
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const phases = Option.isSome(o.phase)
+        ? [o.phase.value]
+        : o.manual
+          ? yield* new BadParameter({ message: "--manual needs --phase" })
+          : // Without a phase: the whole rotation now, with no grace period.
+            ["init", "update_clients", "update_servers", "standby"]
+      for (const phase of phases) {
+        const ca = yield* auth("ca.rotate", { type: o.type as "user" | "host" | "db", phase: phase as "init" })
+        yield* Console.log(`${o.type} CA: phase ${phase} (signing with ${ca.signing_key_id}; trusted: ${ca.trusted_key_ids.join(", ")})`)
+      }
+    })
+).pipe(Command.withDescription("Rotate a certificate authority through Teleport's phases (init, update_clients, update_servers, standby; or rollback)."))
+
+const authCmd = Command.make("auth").pipe(
+  Command.withDescription("Certificates and certificate authorities."),
+  Command.withSubcommands([authSign, authExport, authRotate])
+)
+
 const tctl = root.pipe(
   Command.withDescription("Administer a Remoteler cluster through its auth service."),
-  Command.withSubcommands([status, users, create, get, rm, audit, events])
+  Command.withSubcommands([status, users, create, get, rm, audit, events, authCmd])
 )
 
 runCli(Command.run(tctl, { name: "tctl", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)

@@ -4,7 +4,9 @@
  * declared once and its bytes are checked on both sides.
  */
 import { Schema } from "effect"
+import { CaKeySet, CaType, RotationPhase } from "./Event.ts"
 import { Role, Traits } from "./Role.ts"
+import { FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
 
 export const User = Schema.Struct({
   name: Schema.String,
@@ -49,14 +51,75 @@ export const VerifyResult = Schema.Struct({
   reason: Schema.optional(Schema.String)
 })
 
-const Empty = Schema.Struct({})
+export const Invite = Schema.Struct({ url: Schema.String, expires: Schema.String })
+
+export const CaInfo = Schema.Struct({
+  type: CaType,
+  cluster_name: Schema.String,
+  phase: Schema.String,
+  active: CaKeySet,
+  next: Schema.optional(CaKeySet),
+  signing_key_id: Schema.String,
+  trusted_key_ids: Schema.Array(Schema.String)
+})
+export type CaInfo = typeof CaInfo.Type
+
+export const SignRequest = Schema.Struct({
+  kind: Schema.Literal("user", "host", "db"),
+  /** user: the user name */
+  user: Schema.optional(Schema.String),
+  /** host/db: DNS names and IP addresses (IPs become IP SANs) */
+  hosts: Schema.optional(Schema.Array(Schema.String)),
+  ttl_seconds: Schema.Int.pipe(Schema.positive()),
+  ssh_pub_key: Schema.optional(Schema.String),
+  tls_pub_key: Schema.optional(Schema.String)
+})
+
+export const SignResponse = Schema.Struct({
+  ssh_cert: Schema.optional(Schema.String),
+  tls_cert: Schema.optional(Schema.String),
+  expires: Schema.String,
+  /** PEM certificates of the CA the peer should trust (host CA for users, user CA for hosts, db CA for db). */
+  tls_ca_certs: Schema.Array(Schema.String),
+  /** OpenSSH public keys of the user CA and of the host CA. */
+  user_ca_ssh_keys: Schema.Array(Schema.String),
+  host_ca_ssh_keys: Schema.Array(Schema.String)
+})
+
+/** How a proxy reports the client's address with a login. */
+export const WebLogin = Schema.extend(LoginRequest, Schema.Struct({ remote_addr: Schema.optional(Schema.String) }))
+
+export const Empty = Schema.Struct({})
 const ByName = Schema.Struct({ name: Schema.String })
 
 export const AuthMethods = {
   status: { request: Empty, response: Status },
   "users.create": {
     request: Schema.Struct({ name: Schema.String, roles: Schema.Array(Schema.String), traits: Traits }),
-    response: User
+    response: Schema.Struct({ user: User, invite: Invite })
+  },
+  "users.reset": { request: ByName, response: Invite },
+  "users.set_password": { request: Schema.Struct({ name: Schema.String, password: Schema.String }), response: Empty },
+  "users.unlock": { request: ByName, response: Empty },
+  "ca.list": { request: Empty, response: Schema.Array(CaInfo) },
+  "ca.rotate": { request: Schema.Struct({ type: CaType, phase: RotationPhase }), response: CaInfo },
+  "certs.sign": { request: SignRequest, response: SignResponse },
+  // Called by proxies over the bus:
+  "web.find": { request: Empty, response: FindResponse },
+  "web.login": { request: WebLogin, response: LoginResponse },
+  "web.invite_info": { request: Schema.Struct({ token: Schema.String }), response: InviteInfo },
+  "web.invite_complete": {
+    request: Schema.Struct({ token: Schema.String, password: Schema.String, otp_token: Schema.optional(Schema.String) }),
+    response: Schema.Struct({ user: Schema.String })
+  },
+  "web.proxy_cert": {
+    request: Schema.Struct({ host_id: Schema.String, hosts: Schema.Array(Schema.String), tls_pub_key: Schema.String }),
+    response: SignResponse
+  },
+  "web.trusted_user_cas": { request: Empty, response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String) }) },
+  "web.cert_refused": {
+    request: Schema.Struct({ user: Schema.String, reason: Schema.String, remote_addr: Schema.optional(Schema.String) }),
+    response: Empty
   },
   "users.update": {
     request: Schema.Struct({
@@ -90,3 +153,14 @@ export const AuthMethods = {
 export type AuthMethod = keyof typeof AuthMethods
 export type RequestOf<M extends AuthMethod> = Schema.Schema.Type<(typeof AuthMethods)[M]["request"]>
 export type ResponseOf<M extends AuthMethod> = Schema.Schema.Type<(typeof AuthMethods)[M]["response"]>
+
+/** The methods a proxy may call over the bus; everything else is for the admin socket only. */
+export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
+  "web.find",
+  "web.login",
+  "web.invite_info",
+  "web.invite_complete",
+  "web.proxy_cert",
+  "web.trusted_user_cas",
+  "web.cert_refused"
+]

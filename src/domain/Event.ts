@@ -39,6 +39,68 @@ export const UserDeleted = Schema.Struct({ name: Schema.String })
 export const RoleCreated = Schema.Struct({ name: Schema.String, role: Role })
 export const RoleDeleted = Schema.Struct({ name: Schema.String })
 
+export const CaType = Schema.Literal("user", "host", "db")
+export type CaType = typeof CaType.Type
+
+/** Teleport's rotation phases: standby → init → update_clients → update_servers → standby, or rollback. */
+export const RotationPhase = Schema.Literal("standby", "init", "update_clients", "update_servers", "rollback")
+export type RotationPhase = typeof RotationPhase.Type
+
+/** The public half of one CA key set; the private keys are in the secrets table under `key_id`. */
+export const CaKeySet = Schema.Struct({
+  key_id: Schema.String,
+  tls_cert: Schema.String,
+  ssh_public_key: Schema.String
+})
+export type CaKeySet = typeof CaKeySet.Type
+
+export const CaCreated = Schema.Struct({ type: CaType, cluster_name: Schema.String, active: CaKeySet })
+export const CaRotated = Schema.Struct({
+  type: CaType,
+  cluster_name: Schema.String,
+  phase: RotationPhase,
+  /** The new key set, on `init`. */
+  next: Schema.optional(CaKeySet)
+})
+
+export const UserLogin = Schema.Struct({
+  user: Schema.String,
+  method: Schema.Literal("local"),
+  success: Schema.Boolean,
+  error: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String)
+})
+
+export const CertIdentity = Schema.Struct({
+  user: Schema.String,
+  roles: Schema.Array(Schema.String),
+  logins: Schema.Array(Schema.String),
+  expires: Schema.String,
+  route_to_cluster: Schema.String,
+  host_id: Schema.optional(Schema.String),
+  system_role: Schema.optional(Schema.String),
+  db_service: Schema.optional(Schema.String),
+  db_user: Schema.optional(Schema.String),
+  db_name: Schema.optional(Schema.String)
+})
+export const CertCreated = Schema.Struct({
+  cert_type: Schema.Literal("user", "host", "db"),
+  identity: CertIdentity,
+  /** Who asked: the user themself at login, or an administrator through `tctl auth sign`. */
+  user: Schema.String
+})
+export const PasswordChanged = Schema.Struct({ user: Schema.String, name: Schema.String })
+export const InviteCreated = Schema.Struct({ name: Schema.String, user: Schema.String, expires: Schema.String })
+export const LockCreated = Schema.Struct({ name: Schema.String, expires: Schema.String, reason: Schema.String })
+export const LockDeleted = Schema.Struct({ name: Schema.String, user: Schema.String })
+/** A credential refused before any session started (a bad certificate at the proxy, ...). */
+export const AuthFailure = Schema.Struct({
+  user: Schema.String,
+  success: Schema.Literal(false),
+  error: Schema.String,
+  "addr.remote": Schema.optional(Schema.String)
+})
+
 /**
  * The registry: every event type with its code and payload schema. Adding an event type means
  * adding a row here; an event whose type or payload does not decode stops replay at its seq.
@@ -48,7 +110,17 @@ export const EventTypes = {
   "user.update": { code: "T1003I", payload: UserUpdated },
   "user.delete": { code: "T1004I", payload: UserDeleted },
   "role.created": { code: "T9000I", payload: RoleCreated },
-  "role.deleted": { code: "T9001I", payload: RoleDeleted }
+  "role.deleted": { code: "T9001I", payload: RoleDeleted },
+  "ca.create": { code: "TCA00I", payload: CaCreated },
+  "ca.rotate": { code: "TCA01I", payload: CaRotated },
+  // T1000W on failure
+  "user.login": { code: "T1000I", payload: UserLogin },
+  "cert.create": { code: "TC000I", payload: CertCreated },
+  "user.password_change": { code: "T1005I", payload: PasswordChanged },
+  "reset_password_token.create": { code: "T6000I", payload: InviteCreated },
+  "lock.created": { code: "T9006I", payload: LockCreated },
+  "lock.deleted": { code: "T9007I", payload: LockDeleted },
+  auth: { code: "T3007W", payload: AuthFailure }
 } as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
 
 export type EventType = keyof typeof EventTypes
@@ -63,7 +135,16 @@ export const DomainEvent = Schema.Union(
   variant("user.update"),
   variant("user.delete"),
   variant("role.created"),
-  variant("role.deleted")
+  variant("role.deleted"),
+  variant("ca.create"),
+  variant("ca.rotate"),
+  variant("user.login"),
+  variant("cert.create"),
+  variant("user.password_change"),
+  variant("reset_password_token.create"),
+  variant("lock.created"),
+  variant("lock.deleted"),
+  variant("auth")
 )
 export type DomainEvent = typeof DomainEvent.Type
 
@@ -84,6 +165,6 @@ export const CommittedEvent = Schema.extend(
 )
 export type CommittedEvent = typeof CommittedEvent.Type
 
-/** Builds a typed event value, filling in the code from the registry. */
-export const make = <T extends EventType>(type: T, payload: PayloadOf<T>) =>
-  ({ type, code: EventTypes[type].code, payload }) as { readonly type: T; readonly code: string; readonly payload: PayloadOf<T> }
+/** Builds a typed event value, with the registry's code unless another applies (T1000W). */
+export const make = <T extends EventType>(type: T, payload: PayloadOf<T>, code: string = EventTypes[type].code) =>
+  ({ type, code, payload }) as { readonly type: T; readonly code: string; readonly payload: PayloadOf<T> }

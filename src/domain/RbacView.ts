@@ -16,7 +16,7 @@
  * event registry grows.
  */
 import { HashMap, Option, Schema } from "effect"
-import type { CommittedEvent } from "./Event.ts"
+import type { CaKeySet, CaType, CommittedEvent, RotationPhase } from "./Event.ts"
 import { presets } from "./Presets.ts"
 import { Role } from "./Role.ts"
 import type { Traits } from "./Role.ts"
@@ -35,15 +35,68 @@ export interface ViewUser {
 /** Another name for `ViewUser`. */
 export type UserRecord = ViewUser
 
+/** A certificate authority's public state: its active key set and, during a rotation, the next. */
+export interface CaState {
+  readonly type: CaType
+  readonly clusterName: string
+  readonly active: CaKeySet
+  readonly next: CaKeySet | undefined
+  readonly phase: Exclude<RotationPhase, "rollback">
+}
+
+/** Consecutive failed logins and the lock they led to. */
+export interface LoginState {
+  readonly failures: number
+  readonly lockedUntil: string | undefined
+}
+
 export interface RbacView {
   /** The seq of the last event applied; 0 for the empty view. */
   readonly lastSeq: number
   readonly users: HashMap.HashMap<string, ViewUser>
   /** Roles created through events (including overrides of presets), by name; see `roleByName`. */
   readonly roles: HashMap.HashMap<string, Role>
+  readonly cas: HashMap.HashMap<CaType, CaState>
+  /** Only for existing users, so failed logins for made-up names cost nothing. */
+  readonly logins: HashMap.HashMap<string, LoginState>
 }
 
-export const empty: RbacView = Object.freeze({ lastSeq: 0, users: HashMap.empty(), roles: HashMap.empty() })
+export const empty: RbacView = Object.freeze({
+  lastSeq: 0,
+  users: HashMap.empty(),
+  roles: HashMap.empty(),
+  cas: HashMap.empty(),
+  logins: HashMap.empty()
+})
+
+/** The key set that signs now: the next one from update_clients on. */
+export const signingKeys = (ca: CaState): CaKeySet =>
+  (ca.phase === "update_clients" || ca.phase === "update_servers") && ca.next !== undefined ? ca.next : ca.active
+
+/**
+ * The key sets whose certificates are accepted. In init and update_clients both; from
+ * update_servers on only the new one, so certificates of the old CA stop working there.
+ */
+export const trustedKeys = (ca: CaState): ReadonlyArray<CaKeySet> => {
+  if (ca.next === undefined) return [ca.active]
+  return ca.phase === "update_servers" ? [ca.next] : [ca.active, ca.next]
+}
+
+const rotate = (ca: CaState, phase: RotationPhase, next: CaKeySet | undefined): CaState => {
+  switch (phase) {
+    case "init":
+      return { ...ca, phase, next }
+    case "update_clients":
+    case "update_servers":
+      return { ...ca, phase }
+    case "standby":
+      return ca.phase === "update_servers" && ca.next !== undefined
+        ? { ...ca, phase, active: ca.next, next: undefined }
+        : { ...ca, phase, next: undefined }
+    case "rollback":
+      return { ...ca, phase: "standby", next: undefined }
+  }
+}
 
 /**
  * Applies one committed event. An event at or below `lastSeq` was already applied (the bus
@@ -70,9 +123,30 @@ export const apply = (view: RbacView, event: CommittedEvent): RbacView => {
       return next({ users: HashMap.set(view.users, name, Object.freeze({ name, roles, traits, ...provenance })) })
     }
     case "user.delete":
-      return next({ users: HashMap.remove(view.users, event.payload.name) })
+      return next({ users: HashMap.remove(view.users, event.payload.name), logins: HashMap.remove(view.logins, event.payload.name) })
     case "role.created":
       return next({ roles: HashMap.set(view.roles, event.payload.name, event.payload.role) })
+    case "ca.create": {
+      const p = event.payload
+      return next({
+        cas: HashMap.set(view.cas, p.type, { type: p.type, clusterName: p.cluster_name, active: p.active, next: undefined, phase: "standby" })
+      })
+    }
+    case "ca.rotate": {
+      const ca = Option.getOrUndefined(HashMap.get(view.cas, event.payload.type))
+      return ca === undefined ? next({}) : next({ cas: HashMap.set(view.cas, ca.type, rotate(ca, event.payload.phase, event.payload.next)) })
+    }
+    case "user.login": {
+      const name = event.payload.user
+      if (!HashMap.has(view.users, name)) return next({})
+      const before = Option.getOrElse(HashMap.get(view.logins, name), () => ({ failures: 0, lockedUntil: undefined }))
+      const after = event.payload.success ? { failures: 0, lockedUntil: before.lockedUntil } : { ...before, failures: before.failures + 1 }
+      return next({ logins: HashMap.set(view.logins, name, after) })
+    }
+    case "lock.created":
+      return next({ logins: HashMap.set(view.logins, event.payload.name, { failures: 0, lockedUntil: event.payload.expires }) })
+    case "lock.deleted":
+      return next({ logins: HashMap.remove(view.logins, event.payload.name) })
     case "role.deleted":
       return next({ roles: HashMap.remove(view.roles, event.payload.name) })
     default:

@@ -39,7 +39,7 @@ const commit = (events: ReadonlyArray<DomainEvent>, firstSeq = 1): Array<Committ
       id: `00000000-0000-4000-8000-${seq.toString().padStart(12, "0")}`,
       code: EventTypes[e.type].code,
       time: new Date(Date.UTC(2026, 0, 1) + seq * 1000).toISOString(),
-      stream: e.type.startsWith("user.") ? `user/${e.payload.name}` : `role/${e.payload.name}`,
+      stream: `${e.type.startsWith("user.") ? "user" : "role"}/${(e.payload as { name: string }).name}`,
       version: 1,
       actor: "admin",
       prev_hash: "0".repeat(64),

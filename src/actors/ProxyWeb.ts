@@ -1,0 +1,241 @@
+/**
+ * The proxy's HTTPS listener (`proxy_service.web_listen_addr`, default 0.0.0.0:3080): the web API
+ * under `/v1/webapi` and the invite page. It holds no secrets of its own beyond its TLS key: every
+ * decision is auth's, reached over the bus.
+ *
+ * Client certificates are requested but not required by TLS, and checked here per endpoint against
+ * the user CAs auth currently trusts (which change during a rotation), so an expired certificate or
+ * one from another CA gets a clear 401 and an audit event instead of a bare handshake failure.
+ */
+import * as fs from "node:fs"
+import type * as http from "node:http"
+import * as https from "node:https"
+import type { TLSSocket } from "node:tls"
+import { randomBytes, randomUUID } from "node:crypto"
+import { Effect, Either, Layer, Runtime } from "effect"
+import * as AuthApiBus from "../adapters/AuthApiBus.ts"
+import { Bus } from "../adapters/Bus.ts"
+import { invitePageCsp, renderInvitePage, renderMessagePage } from "../adapters/web/invitePage.ts"
+import * as X509 from "../adapters/x509.ts"
+import type { AuthMethod, RequestOf, ResponseOf } from "../domain/AuthApi.ts"
+import type { ApiError } from "../domain/Errors.ts"
+import { httpStatusOf } from "../domain/Errors.ts"
+
+export interface ProxyWebSettings {
+  readonly clusterName: string
+  readonly listenAddr: string
+  /** Names and addresses the proxy's certificate is valid for. */
+  readonly publicHosts: ReadonlyArray<string>
+  /** `https_keypairs` from the config: used instead of a host-CA certificate. */
+  readonly keyPairs?: ReadonlyArray<{ readonly key_file: string; readonly cert_file: string }>
+  readonly publicAddr: string
+}
+
+const MAX_BODY = 64 * 1024
+
+const splitHostPort = (addr: string): { host: string; port: number } => {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(addr)
+  if (m === null) throw new Error(`bad address ${addr}`)
+  return { host: m[1] ?? m[2] ?? "0.0.0.0", port: Number(m[3]) }
+}
+
+const sendJson = (res: http.ServerResponse, status: number, body: unknown) => {
+  const text = JSON.stringify(body)
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(text),
+    "cache-control": "no-store",
+    "strict-transport-security": "max-age=31536000"
+  })
+  res.end(text)
+}
+
+const sendHtml = (res: http.ServerResponse, status: number, html: string, nonce: string) => {
+  res.writeHead(status, {
+    "content-type": "text/html; charset=utf-8",
+    "content-security-policy": invitePageCsp(nonce),
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer"
+  })
+  res.end(html)
+}
+
+const readJson = (req: http.IncomingMessage) =>
+  new Promise<unknown>((resolve, reject) => {
+    const chunks: Array<Buffer> = []
+    let size = 0
+    req.on("data", (c: Buffer) => {
+      size += c.length
+      if (size > MAX_BODY) {
+        reject(new Error("request body too large"))
+        req.destroy()
+      } else chunks.push(c)
+    })
+    req.on("end", () => {
+      try {
+        resolve(chunks.length === 0 ? {} : JSON.parse(Buffer.concat(chunks).toString("utf8")))
+      } catch {
+        reject(new Error("request body is not JSON"))
+      }
+    })
+    req.on("error", reject)
+  })
+
+export const make = (settings: ProxyWebSettings) =>
+  Effect.gen(function* () {
+    const bus = yield* Bus
+    const runtime = yield* Effect.runtime<never>()
+    const run = Runtime.runPromise(runtime)
+    const auth = <M extends AuthMethod>(method: M, request: RequestOf<M>): Effect.Effect<ResponseOf<M>, ApiError> =>
+      AuthApiBus.call(bus, settings.clusterName, method, request)
+
+    // The proxy's TLS identity: configured key pairs, or a host certificate from auth.
+    let key: string
+    let cert: string
+    if (settings.keyPairs !== undefined && settings.keyPairs.length > 0) {
+      const pair = settings.keyPairs[0]!
+      key = fs.readFileSync(pair.key_file, "utf8")
+      cert = fs.readFileSync(pair.cert_file, "utf8")
+    } else {
+      const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.orDie)
+      const issued = yield* auth("web.proxy_cert", {
+        host_id: `proxy-${randomUUID()}`,
+        hosts: [...settings.publicHosts],
+        tls_pub_key: keys.publicKeyPem
+      }).pipe(Effect.retry({ times: 20, while: (e) => e._tag === "Unavailable" }), Effect.orDie)
+      key = keys.privateKeyPem
+      cert = issued.tls_cert!
+    }
+
+    let trusted: { at: number; pems: ReadonlyArray<string> } | undefined
+    const trustedUserCas = Effect.gen(function* () {
+      if (trusted !== undefined && Date.now() - trusted.at < 2_000) return trusted.pems
+      const r = yield* auth("web.trusted_user_cas", {})
+      trusted = { at: Date.now(), pems: r.tls_ca_certs }
+      return r.tls_ca_certs
+    })
+
+    /** The caller's identity from its client certificate, or a 401 that is audited. */
+    const clientIdentity = (req: http.IncomingMessage) =>
+      Effect.gen(function* () {
+        const socket = req.socket as TLSSocket
+        const peer = socket.getPeerCertificate(false)
+        const remote = socket.remoteAddress
+        if (peer === null || peer.raw === undefined) return Either.left("a client certificate is required")
+        const pem = X509.toPem(peer.raw, "CERTIFICATE")
+        const identity = X509.parseCertIdentity(pem)
+        const user = Either.isRight(identity) ? identity.right.username : "unknown"
+        const verified = yield* Effect.either(X509.verifyChain(pem, yield* trustedUserCas))
+        if (Either.isLeft(verified)) {
+          yield* auth("web.cert_refused", {
+            user,
+            reason: `${verified.left.reason}: ${verified.left.message}`,
+            ...(remote === undefined ? {} : { remote_addr: remote })
+          }).pipe(Effect.ignore)
+          return Either.left(`certificate refused: ${verified.left.message}`)
+        }
+        if (Either.isLeft(identity)) return Either.left("the certificate carries no identity")
+        if (identity.right.routeToCluster !== settings.clusterName) {
+          yield* auth("web.cert_refused", { user, reason: `certificate for cluster ${identity.right.routeToCluster}` }).pipe(Effect.ignore)
+          return Either.left(`certificate is for cluster ${identity.right.routeToCluster}, not ${settings.clusterName}`)
+        }
+        return Either.right(identity.right)
+      })
+
+    const route = (req: http.IncomingMessage, res: http.ServerResponse): Effect.Effect<void, ApiError> =>
+      Effect.gen(function* () {
+        const url = new URL(req.url ?? "/", "https://proxy")
+        const path = url.pathname
+        const method = req.method ?? "GET"
+        const remote = req.socket.remoteAddress
+        const body = method === "POST" ? yield* Effect.tryPromise({ try: () => readJson(req), catch: (e) => e as Error }).pipe(
+          Effect.catchAll((e) => Effect.succeed({ __error: e.message }))
+        ) : undefined
+        if (body !== undefined && typeof body === "object" && body !== null && "__error" in body) {
+          return sendJson(res, 400, { error: { message: String((body as { __error: string }).__error) } })
+        }
+
+        if (method === "GET" && path === "/v1/webapi/find") return sendJson(res, 200, yield* auth("web.find", {}))
+        if (method === "POST" && path === "/v1/webapi/ssh/certs") {
+          const login = yield* auth("web.login", { ...(body as RequestOf<"web.login">), ...(remote === undefined ? {} : { remote_addr: remote }) })
+          return sendJson(res, 200, login)
+        }
+        const invite = /^\/v1\/webapi\/invite\/([^/]+)$/.exec(path)
+        if (invite !== null && method === "GET") return sendJson(res, 200, yield* auth("web.invite_info", { token: invite[1]! }))
+        if (invite !== null && method === "POST") {
+          return sendJson(res, 200, yield* auth("web.invite_complete", { ...(body as object), token: invite[1]! } as RequestOf<"web.invite_complete">))
+        }
+        const page = /^\/web\/invite\/([^/]+)$/.exec(path)
+        if (page !== null && method === "GET") {
+          const nonce = randomBytes(16).toString("base64")
+          const info = yield* Effect.either(auth("web.invite_info", { token: page[1]! }))
+          if (Either.isLeft(info)) {
+            return sendHtml(res, 404, renderMessagePage("Invitation not valid", info.left.message, { nonce }), nonce)
+          }
+          const html = yield* Effect.promise(() =>
+            renderInvitePage({
+              token: page[1]!,
+              user: info.right.user,
+              secondFactor: info.right.second_factor,
+              ...(info.right.totp_secret === undefined ? {} : { totpSecret: info.right.totp_secret }),
+              ...(info.right.totp_uri === undefined ? {} : { totpUri: info.right.totp_uri }),
+              proxyAddr: settings.publicAddr,
+              expires: info.right.expires,
+              nonce
+            })
+          )
+          return sendHtml(res, 200, html, nonce)
+        }
+        if (method === "GET" && path === "/v1/webapi/whoami") {
+          const id = yield* clientIdentity(req)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          return sendJson(res, 200, {
+            user: id.right.username,
+            roles: id.right.roles,
+            logins: id.right.logins,
+            cluster: id.right.routeToCluster,
+            expires: id.right.expires.toISOString()
+          })
+        }
+        return sendJson(res, 404, { error: { message: `no such endpoint: ${method} ${path}` } })
+      })
+
+    const server = https.createServer(
+      { key, cert, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2", ALPNProtocols: ["http/1.1"] },
+      (req, res) => {
+        void run(
+          route(req, res).pipe(
+            Effect.catchAll((e) => Effect.sync(() => sendJson(res, httpStatusOf(e), { error: { message: e.message } }))),
+            Effect.catchAllDefect((d) =>
+              Effect.logError("proxy request failed", d).pipe(
+                Effect.zipRight(Effect.sync(() => {
+                  if (!res.headersSent) sendJson(res, 500, { error: { message: "internal error" } })
+                }))
+              )
+            )
+          )
+        )
+      }
+    )
+    // A client that sends garbage instead of a TLS handshake only loses its own connection.
+    server.on("tlsClientError", () => undefined)
+    const { host, port } = splitHostPort(settings.listenAddr)
+    yield* Effect.acquireRelease(
+      Effect.async<void, Error>((resume) => {
+        server.once("error", (e) => resume(Effect.fail(e)))
+        server.listen(port, host, () => resume(Effect.void))
+      }),
+      () =>
+        Effect.async<void>((resume) => {
+          server.closeAllConnections()
+          server.close(() => resume(Effect.void))
+        })
+    ).pipe(Effect.orDie)
+    const address = server.address()
+    const boundPort = typeof address === "object" && address !== null ? address.port : port
+    yield* Effect.logInfo(`proxy web listener on ${host}:${boundPort}`)
+    return { port: boundPort }
+  })
+
+export const layer = (settings: ProxyWebSettings) => Layer.scopedDiscard(make(settings))
