@@ -9,7 +9,7 @@ import type { Scope } from "effect"
 import type { AuthMethod, RequestOf, ResponseOf } from "../domain/AuthApi.ts"
 import { AuthMethods, PROXY_METHODS } from "../domain/AuthApi.ts"
 import type { ApiError } from "../domain/Errors.ts"
-import { ApiError as ApiErrorSchema, Forbidden, Unavailable } from "../domain/Errors.ts"
+import { ApiError as ApiErrorSchema, BadParameter, Forbidden, Unavailable } from "../domain/Errors.ts"
 import type { Handlers } from "./AuthApiHttp.ts"
 import { dispatch } from "./AuthApiHttp.ts"
 import type { BusShape } from "./Bus.ts"
@@ -59,7 +59,10 @@ export const call = <M extends AuthMethod>(
 ): Effect.Effect<ResponseOf<M>, ApiError> =>
   Effect.gen(function* () {
     const def = AuthMethods[method]
-    const body = yield* Schema.encode(def.request as unknown as Schema.Schema<RequestOf<M>, unknown>)(request).pipe(Effect.orDie)
+    // The proxy passes clients' JSON through: a body that does not fit the method is the client's error.
+    const body = yield* Schema.encodeUnknown(def.request as unknown as Schema.Schema<RequestOf<M>, unknown>)(request).pipe(
+      Effect.mapError((e) => new BadParameter({ message: `bad request: ${ParseResult.TreeFormatter.formatErrorSync(e)}` }))
+    )
     const msg = yield* bus.request(rpcSubject(clusterName, method), enc.encode(JSON.stringify(body)), timeoutMs).pipe(
       Effect.mapError((e) =>
         new Unavailable({
