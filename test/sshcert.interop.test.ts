@@ -1,7 +1,7 @@
 /** Cross-checks the SSH certificate codec against OpenSSH's own `ssh-keygen`. */
 import { execFileSync } from "node:child_process"
 import { generateKeyPairSync, type KeyObject } from "node:crypto"
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Either } from "effect"
