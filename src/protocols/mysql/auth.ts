@@ -17,9 +17,12 @@ const toBytes = (password: string | Uint8Array): Uint8Array =>
 
 const xor = (a: Uint8Array, b: Uint8Array): Uint8Array => a.map((x, i) => x ^ b[i]!)
 
-/** The nonce without the trailing NUL servers append to it. */
+/**
+ * The nonce without the NUL servers append to it (21 bytes on the wire for a
+ * 20-byte nonce). A 20-byte nonce is taken as is: its last byte may be 0.
+ */
 export const nonceOf = (pluginData: Uint8Array): Uint8Array =>
-  pluginData.length > 0 && pluginData[pluginData.length - 1] === 0 ? pluginData.subarray(0, pluginData.length - 1) : pluginData
+  pluginData.length > 20 && pluginData[pluginData.length - 1] === 0 ? pluginData.subarray(0, pluginData.length - 1) : pluginData
 
 /** auth-plugin-data parts 1 and 2 of a greeting joined, trailing NUL dropped (20 bytes from MySQL/MariaDB). */
 export const scrambleOf = (h: HandshakeV10): Uint8Array => {

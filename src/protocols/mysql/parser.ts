@@ -692,6 +692,8 @@ export class ClientPacketParser extends PacketFramer<Parsed<ClientMessage>> {
 type Step =
   | { readonly what: "simple" }
   | { readonly what: "raw" }
+  /** COM_CHANGE_USER: an auth exchange, until OK or ERR. */
+  | { readonly what: "auth" }
   /** A result set (or OK/ERR/LOCAL INFILE) for COM_QUERY / COM_STMT_EXECUTE; repeats with SERVER_MORE_RESULTS_EXISTS. */
   | { readonly what: "result" }
   | { readonly what: "prepare" }
@@ -711,43 +713,41 @@ export type ServerPhase = "handshake" | "auth" | "command" | "closed"
 /** Client-side parser of what a MySQL server sends. */
 export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
   private mode: ServerPhase = "handshake"
-  private caps: number
+  private clientCaps: number
   private serverCaps = 0xffffffff
   /** Steps owed per command sent, oldest first; each inner array is consumed from the front. */
   private readonly pending: Array<Array<Step>> = []
 
+  /** `capabilities`: the client's flags, when the parser will not see the handshake response through `expect`. */
   constructor(options?: FramingOptions & { readonly capabilities?: number }) {
     super(options)
-    this.caps = options?.capabilities ?? 0
+    this.clientCaps = options?.capabilities ?? 0
   }
 
   get phase(): ServerPhase {
     return this.mode
   }
 
-  /** Negotiated capabilities as this parser uses them. */
+  /** Negotiated capabilities: the client's flags AND the greeting's. */
   get capabilities(): number {
-    return this.caps
+    return (this.clientCaps & this.serverCaps) >>> 0
   }
 
-  /** Tells the parser what the client sent, so it knows what comes back. */
+  /** Tells the parser what the client sent (in order), so it knows what comes back. */
   expect(m: ClientMessage): void {
     switch (m.kind) {
-      case "sslRequest":
-        return
       case "handshakeResponse41":
-        this.caps = (m.capabilities & this.serverCaps) >>> 0
-        this.mode = "auth"
+        this.clientCaps = m.capabilities
         return
+      case "sslRequest":
       case "authData":
-        return
-      case "changeUser":
-        this.mode = "auth"
-        return
       case "localInfileData":
       case "quit":
       case "stmtClose":
       case "stmtSendLongData":
+        return
+      case "changeUser":
+        this.pending.push([{ what: "auth" }])
         return
       case "query":
       case "stmtExecute":
@@ -787,7 +787,7 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
         return emit(m)
       }
       case "auth": {
-        const m = decodeAuthResponse(payload, this.caps)
+        const m = decodeAuthResponse(payload, this.capabilities)
         if (!isError(m)) {
           if (m.kind === "ok") this.mode = "command"
           else if (m.kind === "err") this.mode = "closed"
@@ -813,18 +813,24 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
       if (steps.length === 0) this.pending.shift()
     }
     const step = steps[0]!
-    const deprecateEof = has(this.caps, Capability.DEPRECATE_EOF)
+    const caps = this.capabilities
+    const deprecateEof = has(caps, Capability.DEPRECATE_EOF)
     const h = payload[0]
     switch (step.what) {
       case "simple":
         done()
-        return decodeGeneric(payload, this.caps)
+        return decodeGeneric(payload, caps)
+      case "auth": {
+        const m = decodeAuthResponse(payload, caps)
+        if (isError(m) || m.kind === "ok" || m.kind === "err") done()
+        return m
+      }
       case "raw":
         done()
         return { kind: "raw", payload }
       case "result": {
         if (h === 0x00) {
-          const m = decodeOk(payload, this.caps)
+          const m = decodeOk(payload, caps)
           if (!isError(m) && (m.statusFlags & ServerStatus.MORE_RESULTS_EXISTS) === 0) done()
           return m
         }
@@ -837,7 +843,7 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
           const r = new Reader(payload)
           const count = r.lenenc("column count")
           if (count === 0) throw new MalformedPacket("column count 0")
-          if (has(this.caps, Capability.OPTIONAL_RESULTSET_METADATA)) {
+          if (has(caps, Capability.OPTIONAL_RESULTSET_METADATA)) {
             const metadataFollows = r.uint8("metadata follows")
             r.end("column count")
             return { kind: "columnCount" as const, count, metadataFollows }
@@ -861,7 +867,7 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
           done()
           return decodeErr(payload)
         }
-        const m = decodeStmtPrepareOk(payload, this.caps)
+        const m = decodeStmtPrepareOk(payload, caps)
         if (isError(m)) return m
         done()
         if (m.metadataFollows !== 0) {
@@ -897,7 +903,7 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
         }
         // A row starting with 0xfe would be a >= 16 MiB first column, hence a full-size payload.
         if (h === 0xfe && payload.length < MAX_PACKET_PAYLOAD) {
-          const m = deprecateEof ? decodeOk(payload, this.caps) : decodeEof(payload)
+          const m = deprecateEof ? decodeOk(payload, caps) : decodeEof(payload)
           if (isError(m)) return m
           this.endResult(steps, m.statusFlags)
           return m

@@ -24,6 +24,7 @@ export class Writer {
     return this.pos
   }
 
+  /** Reserves `n` bytes and returns where they start; may replace `buf` and `view`, so call it before touching them. */
   private ensure(n: number): number {
     const at = this.pos
     const need = at + n
@@ -41,25 +42,29 @@ export class Writer {
 
   uint8(v: number): this {
     checkInt(v, 0, 0xff, "int<1>")
-    this.buf[this.ensure(1)] = v
+    const at = this.ensure(1)
+    this.buf[at] = v
     return this
   }
 
   int8(v: number): this {
     checkInt(v, -0x80, 0x7f, "signed int<1>")
-    this.view.setInt8(this.ensure(1), v)
+    const at = this.ensure(1)
+    this.view.setInt8(at, v)
     return this
   }
 
   uint16(v: number): this {
     checkInt(v, 0, 0xffff, "int<2>")
-    this.view.setUint16(this.ensure(2), v, true)
+    const at = this.ensure(2)
+    this.view.setUint16(at, v, true)
     return this
   }
 
   int16(v: number): this {
     checkInt(v, -0x8000, 0x7fff, "signed int<2>")
-    this.view.setInt16(this.ensure(2), v, true)
+    const at = this.ensure(2)
+    this.view.setInt16(at, v, true)
     return this
   }
 
@@ -74,35 +79,41 @@ export class Writer {
 
   uint32(v: number): this {
     checkInt(v, 0, 0xffffffff, "int<4>")
-    this.view.setUint32(this.ensure(4), v, true)
+    const at = this.ensure(4)
+    this.view.setUint32(at, v, true)
     return this
   }
 
   int32(v: number): this {
     checkInt(v, -0x80000000, 0x7fffffff, "signed int<4>")
-    this.view.setInt32(this.ensure(4), v, true)
+    const at = this.ensure(4)
+    this.view.setInt32(at, v, true)
     return this
   }
 
   uint64(v: bigint): this {
     if (v < 0n || v > 0xffffffffffffffffn) throw new RangeError(`${v} is not a valid int<8>`)
-    this.view.setBigUint64(this.ensure(8), v, true)
+    const at = this.ensure(8)
+    this.view.setBigUint64(at, v, true)
     return this
   }
 
   int64(v: bigint): this {
     if (v < -0x8000000000000000n || v > 0x7fffffffffffffffn) throw new RangeError(`${v} is not a valid signed int<8>`)
-    this.view.setBigInt64(this.ensure(8), v, true)
+    const at = this.ensure(8)
+    this.view.setBigInt64(at, v, true)
     return this
   }
 
   float32(v: number): this {
-    this.view.setFloat32(this.ensure(4), v, true)
+    const at = this.ensure(4)
+    this.view.setFloat32(at, v, true)
     return this
   }
 
   float64(v: number): this {
-    this.view.setFloat64(this.ensure(8), v, true)
+    const at = this.ensure(8)
+    this.view.setFloat64(at, v, true)
     return this
   }
 
@@ -118,12 +129,14 @@ export class Writer {
   }
 
   bytes(b: Uint8Array): this {
-    this.buf.set(b, this.ensure(b.length))
+    const at = this.ensure(b.length)
+    this.buf.set(b, at)
     return this
   }
 
   zeros(n: number): this {
-    this.buf.fill(0, this.ensure(n), this.pos)
+    const at = this.ensure(n)
+    this.buf.fill(0, at, this.pos)
     return this
   }
 
