@@ -53,10 +53,19 @@ export const make = (settings: AuthSettings) =>
     const ca = yield* CertAuthority
     const view = projector.state
 
-    /** Appends to one stream at its current version and waits until the view has applied it. */
-    const write = (stream: string, actor: string, drafts: ReadonlyArray<Omit<EventDraft, "actor">>) =>
+    /**
+     * Appends to one stream and waits until the view has applied it. Changes to a resource (user,
+     * role) check the stream's version, so of two racing writers one gets CompareFailed; audit
+     * records (logins, certificates) are appended whatever the version ("any").
+     */
+    const write = (
+      stream: string,
+      actor: string,
+      drafts: ReadonlyArray<Omit<EventDraft, "actor">>,
+      expected: "current" | "any" = "current"
+    ) =>
       Effect.gen(function* () {
-        const version = yield* store.streamVersion(stream)
+        const version = expected === "any" ? ("any" as const) : yield* store.streamVersion(stream)
         const stored = yield* store.append({
           stream,
           expectedVersion: version,
@@ -97,7 +106,7 @@ export const make = (settings: AuthSettings) =>
       })
 
     const actor = "admin"
-    const local = LocalAuth.make({ store, projector, ca, settings, write })
+    const local = LocalAuth.make({ store, projector, ca, settings, write: (stream, a, drafts) => write(stream, a, drafts, "any") })
 
     const handlers: Handlers = {
       status: () =>

@@ -44,7 +44,7 @@ export interface LocalAuthDeps {
   readonly projector: ProjectorShape<RbacView.RbacView>
   readonly ca: CertAuthorityShape
   readonly settings: LocalAuthSettings
-  /** Appends to one stream at its current version and waits for the view. */
+  /** Appends audit records and credential changes to a stream (no version check) and waits for the view. */
   readonly write: (
     stream: string,
     actor: string,
