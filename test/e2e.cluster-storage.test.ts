@@ -62,32 +62,37 @@ describe("remoteler start on PostgreSQL and NATS", () => {
     expect((await tctl("users", "add", "bob", "--roles=auditor")).code).toBe(0)
     expect((await tctl("users", "rm", "bob")).code).toBe(0)
 
+    const head = Number((await pg.psql("SELECT max(seq) FROM events", "remoteler")).trim())
     const deadline = Date.now() + 10_000
-    while (received.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
-    expect(received.map((r) => r.event)).toEqual(["user.create", "user.create", "user.delete"])
-    expect(received.map((r) => r.seq)).toEqual([1, 2, 3])
-    expect(received[0]!.subject).toBe("remoteler.main.events.user.create")
+    while (received.length < head && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+    // Every event once, in seq order: the CAs created at first start, then the users.
+    expect(received.map((r) => r.seq)).toEqual(Array.from({ length: head }, (_, i) => i + 1))
+    expect(received.filter((r) => r.event.startsWith("user.")).map((r) => r.event)).toEqual(["user.create", "user.create", "user.delete"])
+    expect(received.find((r) => r.event === "user.create")!.subject).toBe("remoteler.main.events.user.create")
+    expect(received.filter((r) => r.event === "ca.create")).toHaveLength(3)
 
     const jsm = await jetstreamManager(nc)
     const info = await jsm.streams.info("REMOTELER_EVENTS")
-    expect(info.state.messages).toBe(3)
+    expect(info.state.messages).toBe(head)
     sub.unsubscribe()
     await nc.close()
 
     // The rows are in PostgreSQL, and they survive a restart of the service.
-    expect((await pg.psql("SELECT count(*) FROM events", "remoteler")).trim()).toBe("3")
+    expect(Number((await pg.psql("SELECT count(*) FROM events", "remoteler")).trim())).toBe(head)
     await server.stop()
     server = await start()
     const users = JSON.parse((await tctl("users", "ls", "--format=json")).stdout) as Array<{ name: string }>
     expect(users.map((u) => u.name)).toEqual(["alice"])
-    expect((await tctl("audit", "verify")).stdout).toMatch(/chain intact: 3 events/)
+    expect((await tctl("audit", "verify")).stdout).toMatch(new RegExp(`chain intact: ${head} events`))
   })
 
   it("keeps appending while NATS is down and publishes the backlog when it returns", async () => {
     await nats.stop()
+    const before = Number(/Events\s+(\d+)/.exec((await tctl("status")).stdout)![1])
     expect((await tctl("users", "add", "carol", "--roles=access")).code).toBe(0)
     const during = await tctl("status")
-    expect(during.stdout).toMatch(/Events\s+4/)
+    const head = Number(/Events\s+(\d+)/.exec(during.stdout)![1])
+    expect(head).toBeGreaterThan(before)
 
     await nats.restart()
     const nc = await connect({ servers: nats.url, user: nats.user, pass: nats.pass })
@@ -96,11 +101,11 @@ describe("remoteler start on PostgreSQL and NATS", () => {
     let messages = 0
     while (Date.now() < deadline) {
       messages = (await jsm.streams.info("REMOTELER_EVENTS")).state.messages
-      if (messages >= 4) break
+      if (messages >= head) break
       await new Promise((r) => setTimeout(r, 250))
     }
-    expect(messages).toBe(4)
+    expect(messages).toBe(head)
     await nc.close()
-    expect((await tctl("status")).stdout).toMatch(/Outbox\s+at seq 4/)
+    expect((await tctl("status")).stdout).toMatch(new RegExp(`Outbox\\s+at seq ${head}`))
   })
 })

@@ -174,21 +174,21 @@ describe("remoteler start + tctl on embedded defaults", () => {
   it("detects a changed byte in a stored event and names its seq", async () => {
     expect(await server.stop()).toBe(0)
     const db = new Database(path.join(dataDir, "events.db"))
-    const row = db.prepare("SELECT seq, body FROM events WHERE seq = 2").get() as { seq: number; body: string }
+    const row = db.prepare("SELECT seq, body FROM events WHERE type = 'user.create' ORDER BY seq LIMIT 1").get() as { seq: number; body: string }
     const tampered = row.body.replace('"admin"', '"admim"')
     expect(tampered).not.toBe(row.body)
-    db.prepare("UPDATE events SET body = ? WHERE seq = 2").run(tampered)
+    db.prepare("UPDATE events SET body = ? WHERE seq = ?").run(tampered, row.seq)
     db.close()
 
     server = await start()
     const v = await tctl("audit", "verify")
     expect(v.code).toBe(1)
-    expect(v.stderr).toMatch(/chain broken at seq 2/)
+    expect(v.stderr).toMatch(new RegExp(`chain broken at seq ${row.seq}:`))
 
     // Put the original back: the chain verifies again.
     await server.stop()
     const db2 = new Database(path.join(dataDir, "events.db"))
-    db2.prepare("UPDATE events SET body = ? WHERE seq = 2").run(row.body)
+    db2.prepare("UPDATE events SET body = ? WHERE seq = ?").run(row.body, row.seq)
     db2.close()
     server = await start()
     expect((await tctl("audit", "verify")).code).toBe(0)
@@ -223,13 +223,12 @@ describe("remoteler start + tctl on embedded defaults", () => {
     db.prepare("UPDATE chain_head SET seq = ?, hash = ?").run(seq, values["hash"])
     db.close()
 
-    server = await start()
-    expect((await tctl("audit", "verify")).code).toBe(0)
-    const r = await tctl("events", "replay")
+    // The chain is intact, but the RBAC view cannot be built past it: auth refuses to serve with
+    // a view that may be missing later changes (a deleted user, a removed role), and says where.
+    const r = await node(bin("remoteler"), ["start", "--roles=auth", "--data-dir", dataDir])
     expect(r.code).toBe(1)
-    expect(r.stderr).toMatch(new RegExp(`seq ${seq}`))
-    const s = await tctl("status")
-    expect(s.stdout).toMatch(new RegExp(`STOPPED: .*seq ${seq}`))
+    expect(r.stderr).toMatch(new RegExp(`event seq ${seq} \\(user.create\\) does not decode: payload.roles`))
+    expect(r.stderr.length).toBeLessThan(2_000)
   })
 })
 

@@ -12,7 +12,8 @@ import type { StoredEvent , StoreError } from "../adapters/EventStore.ts"
 import { EventStore } from "../adapters/EventStore.ts"
 import { auditIndexEntry } from "../domain/AuditEvent.ts"
 import { Unavailable } from "../domain/Errors.ts"
-import { CommittedEvent } from "../domain/Event.ts"
+import { CommittedEvent, EventTypes } from "../domain/Event.ts"
+import type { EventType } from "../domain/Event.ts"
 import { causeMessage, supervise } from "./supervise.ts"
 
 export const AUDIT_CHECKPOINT = "audit_index"
@@ -43,9 +44,17 @@ export interface ProjectorShape<S> {
   }>
 }
 
-/** Decodes a stored event into the typed union; a failure names the seq. */
-export const decodeStored = (e: StoredEvent): Either.Either<CommittedEvent, ProjectionError> =>
-  Schema.decodeUnknownEither(CommittedEvent)({
+/** Decodes a stored event into the typed union; a failure names the seq and the field. */
+export const decodeStored = (e: StoredEvent): Either.Either<CommittedEvent, ProjectionError> => {
+  const fail = (why: string) => Either.left(new ProjectionError({ seq: e.seq, message: `event seq ${e.seq} (${e.type}) does not decode: ${why}` }))
+  if (!Object.hasOwn(EventTypes, e.type)) return fail("unknown event type")
+  // The payload alone first, so the message names its field rather than every union member.
+  const payload = Schema.decodeUnknownEither(EventTypes[e.type as EventType].payload as Schema.Schema<unknown, unknown>)(e.payload)
+  if (Either.isLeft(payload)) {
+    const issue = ParseResult.ArrayFormatter.formatErrorSync(payload.left)[0]
+    return fail(`payload${issue === undefined || issue.path.length === 0 ? "" : `.${issue.path.join(".")}`}: ${issue?.message ?? "invalid"}`)
+  }
+  return Schema.decodeUnknownEither(CommittedEvent)({
     seq: e.seq,
     id: e.id,
     type: e.type,
@@ -58,14 +67,15 @@ export const decodeStored = (e: StoredEvent): Either.Either<CommittedEvent, Proj
     prev_hash: e.prev_hash,
     hash: e.hash
   }).pipe(
-    Either.mapLeft(
-      (err) =>
-        new ProjectionError({
-          seq: e.seq,
-          message: `event seq ${e.seq} (${e.type}) does not decode: ${ParseResult.TreeFormatter.formatErrorSync(err)}`
-        })
-    )
+    Either.mapLeft((err) => {
+      const issue = ParseResult.ArrayFormatter.formatErrorSync(err)[0]
+      return new ProjectionError({
+        seq: e.seq,
+        message: `event seq ${e.seq} (${e.type}) does not decode: ${issue?.path.join(".") ?? ""}: ${issue?.message ?? "invalid"}`
+      })
+    })
   )
+}
 
 export const make = <S>(fold: Fold<S>) =>
   Effect.gen(function* () {

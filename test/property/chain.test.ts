@@ -3,7 +3,7 @@
  * of any event is detected at that event (or, for a hash column, at it or the next one).
  */
 import { describe, expect, it } from "@effect/vitest"
-import fc from "fast-check"
+import { FastCheck as fc } from "effect"
 import { checkLink, GENESIS_HASH, seal } from "../../src/domain/Chain.ts"
 import type { StoredEventRow } from "../../src/domain/Chain.ts"
 
@@ -16,7 +16,7 @@ const eventArb = fc.record({
   payload: fc.jsonValue({ maxDepth: 3 })
 })
 
-const buildLog = (events: ReadonlyArray<fc.RecordValue<{ type: string; stream: string; actor: string; payload: fc.JsonValue }>>) => {
+const buildLog = (events: ReadonlyArray<{ type: string; stream: string; actor: string; payload: unknown }>) => {
   const rows: Array<Row> = []
   let prev = GENESIS_HASH
   events.forEach((e, i) => {
@@ -68,7 +68,7 @@ describe("hash chain", () => {
     const rows = buildLog(events)
     const index = which % rows.length
     const row = rows[index]!
-    const original = String(row[field])
+    const original = String(row[field as keyof Row])
     const at = pos % original.length
     const replacement = String.fromCharCode(charCode)
     fc.pre(original[at] !== replacement)
