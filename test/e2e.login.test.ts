@@ -5,92 +5,15 @@
  */
 import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
-import * as https from "node:https"
-import * as os from "node:os"
 import * as path from "node:path"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as X509 from "../src/adapters/x509.ts"
 import { totpCode } from "../src/domain/Totp.ts"
-import type { Service } from "./fixtures/processes.ts"
-import { bin, freePort, node, startService } from "./fixtures/processes.ts"
+import type { Cluster } from "./fixtures/cluster.ts"
+import { request, startCluster, stopCluster } from "./fixtures/cluster.ts"
+import { bin, node } from "./fixtures/processes.ts"
 import { startSshd } from "./fixtures/sshd.ts"
-
-interface Cluster {
-  readonly dir: string
-  readonly port: number
-  readonly server: Service
-  readonly tctl: (...args: Array<string>) => ReturnType<typeof node>
-  readonly tsh: (args: ReadonlyArray<string>, input?: string) => ReturnType<typeof node>
-  readonly tshHome: string
-}
-
-const startCluster = async (secondFactor: "otp" | "off"): Promise<Cluster> => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "remoteler-login-"))
-  const port = await freePort()
-  const config = path.join(dir, "remoteler.yaml")
-  fs.writeFileSync(
-    config,
-    [
-      "version: v1",
-      "remoteler:",
-      `  data_dir: ${dir}/data`,
-      "auth_service:",
-      "  cluster_name: main",
-      `  authentication: { second_factor: ${secondFactor} }`,
-      "proxy_service:",
-      `  web_listen_addr: 127.0.0.1:${port}`,
-      `  public_addr: localhost:${port}`,
-      ""
-    ].join("\n")
-  )
-  const server = startService(process.execPath, [bin("remoteler"), "start", "-c", config])
-  await server.waitFor(/proxy running/, 60_000)
-  const tshHome = path.join(dir, "tsh")
-  return {
-    dir,
-    port,
-    server,
-    tshHome,
-    tctl: (...args) => node(bin("tctl"), ["--data-dir", `${dir}/data`, ...args]),
-    tsh: (args, input) => node(bin("tsh"), [...args], { env: { TSH_HOME: tshHome }, ...(input === undefined ? {} : { input }) })
-  }
-}
-
-const stopCluster = async (c: Cluster | undefined) => {
-  if (c === undefined) return
-  await c.server.stop()
-  fs.rmSync(c.dir, { recursive: true, force: true })
-}
-
-/** An HTTPS request to the proxy, with an optional client certificate. */
-const request = (
-  port: number,
-  method: string,
-  urlPath: string,
-  options: { body?: unknown; cert?: string; key?: string } = {}
-): Promise<{ status: number; body: string }> =>
-  new Promise((resolve, reject) => {
-    const payload = options.body === undefined ? undefined : JSON.stringify(options.body)
-    const req = https.request(
-      {
-        host: "127.0.0.1",
-        port,
-        method,
-        path: urlPath,
-        rejectUnauthorized: false,
-        ...(options.cert === undefined ? {} : { cert: options.cert, key: options.key }),
-        headers: payload === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(payload) }
-      },
-      (res) => {
-        let text = ""
-        res.on("data", (d: Buffer) => (text += d.toString()))
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body: text }))
-      }
-    )
-    req.on("error", reject)
-    req.end(payload)
-  })
 
 const auditEvents = async (c: Cluster, type: string) => {
   const r = await c.tctl("audit", "search", `--type=${type}`, "--format=json")
