@@ -6,7 +6,7 @@
  * that they changed. Every refusal of a login looks the same to the client ("invalid
  * credentials") and is audited with its real reason.
  */
-import { createHash } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import { isIP } from "node:net"
 import { Effect, HashMap, Option } from "effect"
 import type { EventDraft, EventStoreShape } from "../adapters/EventStore.ts"
@@ -16,7 +16,7 @@ import type { CaInfo } from "../domain/AuthApi.ts"
 import type { ApiError } from "../domain/Errors.ts"
 import { BadParameter, Forbidden, NotFound, Unavailable } from "../domain/Errors.ts"
 import * as Event from "../domain/Event.ts"
-import type { CaType } from "../domain/Event.ts"
+import type { CaType, JoinRole } from "../domain/Event.ts"
 import { allowedLogins, maxSessionTtl } from "../domain/Rbac.ts"
 import * as RbacView from "../domain/RbacView.ts"
 import { otpauthUri, totpCounter, verifyTotp } from "../domain/Totp.ts"
@@ -77,7 +77,20 @@ type LocalHandlers = Pick<
   | "web.proxy_cert"
   | "web.trusted_user_cas"
   | "web.cert_refused"
+  | "tokens.create"
+  | "tokens.list"
+  | "tokens.delete"
+  | "web.join"
 >
+
+interface TokenSecret {
+  readonly name: string
+  readonly roles: ReadonlyArray<JoinRole>
+  readonly expires: string
+}
+
+/** Agents' host certificates live this long; agents renew them before expiry. */
+export const HOST_CERT_TTL_MS = 7 * 24 * 3600 * 1000
 
 export const make = (deps: LocalAuthDeps) => {
   const { store, projector, ca, settings, write } = deps
@@ -254,7 +267,101 @@ export const make = (deps: LocalAuthDeps) => {
       }
     })
 
+  const joinFailure = (req: { role: JoinRole; node_name: string; remote_addr?: string | undefined }, reason: string, tokenName?: string) =>
+    write(`join/${req.node_name}`, "system", [
+      Event.make(
+        "instance.join",
+        {
+          host_id: "",
+          node_name: req.node_name,
+          role: req.role,
+          ...(tokenName === undefined ? {} : { token_name: tokenName }),
+          success: false,
+          error: reason,
+          ...(req.remote_addr === undefined ? {} : { "addr.remote": req.remote_addr })
+        },
+        "TJ001E"
+      )
+    ]).pipe(Effect.zipRight(Effect.fail(new Forbidden({ message: "invalid join token" }))))
+
   const handlers: LocalHandlers = {
+    "tokens.create": (req) =>
+      Effect.gen(function* () {
+        const token = randomToken(16)
+        const hash = createHash("sha256").update(token).digest("hex")
+        const name = hash.slice(0, 12)
+        const expires = new Date(Date.now() + req.ttl_seconds * 1000).toISOString()
+        const secret: TokenSecret = { name, roles: req.roles, expires }
+        yield* putSecret(`token/${hash}`, JSON.stringify(secret))
+        yield* write(`token/${name}`, "admin", [Event.make("join_token.create", { name, roles: req.roles, expires, user: "admin" })])
+        return { token, name, expires, proxy: settings.proxyPublicAddr }
+      }),
+
+    "tokens.list": () =>
+      Effect.map(projector.state, (v) =>
+        [...HashMap.values(v.tokens)]
+          .filter((t) => Date.parse(t.expires) > Date.now())
+          .sort((a, b) => a.expires.localeCompare(b.expires))
+          .map((t) => ({ name: t.name, roles: t.roles, expires: t.expires }))
+      ),
+
+    "tokens.delete": (req) =>
+      Effect.gen(function* () {
+        const v = yield* projector.state
+        if (!HashMap.has(v.tokens, req.name)) return yield* new NotFound({ message: `token ${JSON.stringify(req.name)} not found` })
+        yield* write(`token/${req.name}`, "admin", [Event.make("join_token.delete", { name: req.name, user: "admin" })])
+        return {}
+      }),
+
+    "web.join": (req) =>
+      Effect.gen(function* () {
+        if (!/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/.test(req.node_name)) {
+          return yield* new BadParameter({ message: "node_name: 1-64 letters, digits, '.', '_' or '-'" })
+        }
+        if (!/^[0-9a-f]{32}$/.test(req.token)) return yield* joinFailure(req, "malformed token")
+        const hash = createHash("sha256").update(req.token).digest("hex")
+        const raw = yield* getSecret(`token/${hash}`)
+        if (raw === undefined) return yield* joinFailure(req, "unknown token")
+        const token = JSON.parse(raw) as TokenSecret
+        // Deleting a token in the log revokes it even though its secret row remains.
+        const live = HashMap.has((yield* projector.state).tokens, token.name)
+        if (!live) return yield* joinFailure(req, "token was deleted", token.name)
+        if (Date.parse(token.expires) <= Date.now()) return yield* joinFailure(req, "token expired", token.name)
+        if (!token.roles.includes(req.role)) return yield* joinFailure(req, `token does not allow role ${req.role}`, token.name)
+        const hostId = randomUUID()
+        const expires = new Date(Date.now() + HOST_CERT_TTL_MS)
+        const issued = yield* ca.signHost({
+          hostId,
+          nodeName: req.node_name,
+          systemRole: req.role === "db" ? "Db" : "Node",
+          principals: [hostId, req.node_name],
+          dnsNames: [req.node_name],
+          ipAddresses: [],
+          tlsPublicKey: req.tls_pub_key,
+          ...(req.ssh_pub_key === undefined ? {} : { sshPublicKey: req.ssh_pub_key }),
+          expires,
+          ca: "host"
+        })
+        yield* write(`host/${hostId}`, "system", [
+          Event.make("instance.join", {
+            host_id: hostId,
+            node_name: req.node_name,
+            role: req.role,
+            token_name: token.name,
+            success: true,
+            ...(req.remote_addr === undefined ? {} : { "addr.remote": req.remote_addr })
+          })
+        ])
+        return {
+          host_id: hostId,
+          tls_cert: issued.tlsCert!,
+          ...(issued.sshCert === undefined ? {} : { ssh_cert: issued.sshCert }),
+          expires: expires.toISOString(),
+          // Agents verify the proxy with the host CA, and (db agents) sign upstream with the db CA later.
+          ...(yield* caMaterial("host"))
+        }
+      }),
+
     "users.reset": (req) => Effect.zipRight(requireUser(req.name), createInvite(req.name, "admin")),
 
     "users.set_password": (req) =>

@@ -161,6 +161,10 @@ export const make = (settings: ProxyWebSettings) =>
           const login = yield* auth("web.login", { ...(body as RequestOf<"web.login">), ...(remote === undefined ? {} : { remote_addr: remote }) })
           return sendJson(res, 200, login)
         }
+        if (method === "POST" && path === "/v1/webapi/host/join") {
+          const joined = yield* auth("web.join", { ...(body as RequestOf<"web.join">), ...(remote === undefined ? {} : { remote_addr: remote }) })
+          return sendJson(res, 200, joined)
+        }
         const invite = /^\/v1\/webapi\/invite\/([^/]+)$/.exec(path)
         if (invite !== null && method === "GET") return sendJson(res, 200, yield* auth("web.invite_info", { token: invite[1]! }))
         if (invite !== null && method === "POST") {

@@ -517,6 +517,60 @@ const authRotate = Command.make(
     })
 ).pipe(Command.withDescription("Rotate a certificate authority through Teleport's phases (init, update_clients, update_servers, standby; or rollback)."))
 
+// --- join tokens
+
+const tokensAdd = Command.make(
+  "add",
+  {
+    type: Options.text("type").pipe(Options.withDescription("comma-separated roles the token may join as: db, node")),
+    ttl: Options.text("ttl").pipe(Options.withDescription("how long the token is valid (default 30m)"), Options.withDefault("30m"))
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const roles = list(Option.some(o.type))
+      const bad = roles.filter((r) => r !== "db" && r !== "node")
+      if (roles.length === 0 || bad.length > 0) return yield* new BadParameter({ message: `--type: expected db or node, got ${JSON.stringify(o.type)}` })
+      const ttl = yield* durationSeconds("ttl", o.ttl)
+      const t = yield* auth("tokens.create", { roles: roles as ["db" | "node"], ttl_seconds: ttl })
+      const role = roles[0]
+      const example =
+        role === "db"
+          ? `remoteler start --roles=db --proxy=${t.proxy} --token=${t.token} --data-dir=/var/lib/remoteler-db --db=name=pg1,protocol=postgres,uri=127.0.0.1:5432`
+          : `remoteler start --roles=node --proxy=${t.proxy} --token=${t.token} --data-dir=/var/lib/remoteler-node`
+      yield* Console.log(
+        [
+          `The invite token: ${t.token}`,
+          `This token will expire at ${t.expires} (token name ${t.name}; only its name is kept in the audit log).`,
+          "",
+          `Run this on the new ${roles.join("/")} agent to join the cluster:`,
+          "",
+          `> ${example}`
+        ].join("\n")
+      )
+    })
+).pipe(Command.withDescription("Create a join token for db or node agents."))
+
+const tokensLs = Command.make("ls", { format: formatOpt(["text", "json"], "text") }, (o) =>
+  Effect.gen(function* () {
+    const tokens = yield* auth("tokens.list", {})
+    yield* Console.log(
+      o.format === "json" ? JSON.stringify(tokens, null, 2) : table(["Token name", "Type", "Expiry Time (UTC)"], tokens.map((t) => [t.name, t.roles.join(","), t.expires]))
+    )
+  })
+).pipe(Command.withDescription("List join tokens that have not expired (names only; a token is shown once, when created)."))
+
+const tokensRm = Command.make("rm", { name: Args.text({ name: "name" }).pipe(Args.withDescription("token name (from tctl tokens ls)")) }, (o) =>
+  Effect.gen(function* () {
+    yield* auth("tokens.delete", { name: o.name })
+    yield* Console.log(`Token ${o.name} has been deleted.`)
+  })
+).pipe(Command.withDescription("Delete a join token."))
+
+const tokens = Command.make("tokens").pipe(
+  Command.withDescription("Join tokens for agents."),
+  Command.withSubcommands([tokensAdd, tokensLs, tokensRm])
+)
+
 const authCmd = Command.make("auth").pipe(
   Command.withDescription("Certificates and certificate authorities."),
   Command.withSubcommands([authSign, authExport, authRotate])
@@ -524,7 +578,7 @@ const authCmd = Command.make("auth").pipe(
 
 const tctl = root.pipe(
   Command.withDescription("Administer a Remoteler cluster through its auth service."),
-  Command.withSubcommands([status, users, create, get, rm, audit, events, authCmd])
+  Command.withSubcommands([status, users, create, get, rm, audit, events, authCmd, tokens])
 )
 
 runCli(Command.run(tctl, { name: "tctl", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)

@@ -4,7 +4,7 @@
  * declared once and its bytes are checked on both sides.
  */
 import { Schema } from "effect"
-import { CaKeySet, CaType, RotationPhase } from "./Event.ts"
+import { CaKeySet, CaType, JoinRole, RotationPhase } from "./Event.ts"
 import { Role, Traits } from "./Role.ts"
 import { FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
 
@@ -117,6 +117,26 @@ export const AuthMethods = {
     response: SignResponse
   },
   "web.trusted_user_cas": { request: Empty, response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String) }) },
+  "tokens.create": {
+    request: Schema.Struct({ roles: Schema.NonEmptyArray(JoinRole), ttl_seconds: Schema.Int.pipe(Schema.between(60, 30 * 24 * 3600)) }),
+    response: Schema.Struct({ token: Schema.String, name: Schema.String, expires: Schema.String, proxy: Schema.String })
+  },
+  "tokens.list": {
+    request: Empty,
+    response: Schema.Array(Schema.Struct({ name: Schema.String, roles: Schema.Array(JoinRole), expires: Schema.String }))
+  },
+  "tokens.delete": { request: ByName, response: Empty },
+  "web.join": {
+    request: Schema.Struct({
+      token: Schema.String,
+      role: JoinRole,
+      node_name: Schema.String,
+      tls_pub_key: Schema.String,
+      ssh_pub_key: Schema.optional(Schema.String),
+      remote_addr: Schema.optional(Schema.String)
+    }),
+    response: Schema.extend(SignResponse, Schema.Struct({ host_id: Schema.String }))
+  },
   "web.cert_refused": {
     request: Schema.Struct({ user: Schema.String, reason: Schema.String, remote_addr: Schema.optional(Schema.String) }),
     response: Empty
@@ -162,5 +182,6 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.invite_complete",
   "web.proxy_cert",
   "web.trusted_user_cas",
-  "web.cert_refused"
+  "web.cert_refused",
+  "web.join"
 ]

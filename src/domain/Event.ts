@@ -101,6 +101,26 @@ export const AuthFailure = Schema.Struct({
   "addr.remote": Schema.optional(Schema.String)
 })
 
+export const JoinRole = Schema.Literal("db", "node")
+export type JoinRole = typeof JoinRole.Type
+/** A join token by its name (a prefix of its hash); the token itself is a secret and never in an event. */
+export const JoinTokenCreated = Schema.Struct({
+  name: Schema.String,
+  roles: Schema.Array(JoinRole),
+  expires: Schema.String,
+  user: Schema.String
+})
+export const JoinTokenDeleted = Schema.Struct({ name: Schema.String, user: Schema.String })
+export const InstanceJoin = Schema.Struct({
+  host_id: Schema.String,
+  node_name: Schema.String,
+  role: JoinRole,
+  token_name: Schema.optional(Schema.String),
+  success: Schema.Boolean,
+  error: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String)
+})
+
 /**
  * The registry: every event type with its code and payload schema. Adding an event type means
  * adding a row here; an event whose type or payload does not decode stops replay at its seq.
@@ -120,7 +140,11 @@ export const EventTypes = {
   "reset_password_token.create": { code: "T6000I", payload: InviteCreated },
   "lock.created": { code: "T9006I", payload: LockCreated },
   "lock.deleted": { code: "T9007I", payload: LockDeleted },
-  auth: { code: "T3007W", payload: AuthFailure }
+  auth: { code: "T3007W", payload: AuthFailure },
+  "join_token.create": { code: "TJT00I", payload: JoinTokenCreated },
+  "join_token.delete": { code: "TJT01I", payload: JoinTokenDeleted },
+  // TJ001E on failure
+  "instance.join": { code: "TJ001I", payload: InstanceJoin }
 } as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
 
 export type EventType = keyof typeof EventTypes
@@ -144,7 +168,10 @@ export const DomainEvent = Schema.Union(
   variant("reset_password_token.create"),
   variant("lock.created"),
   variant("lock.deleted"),
-  variant("auth")
+  variant("auth"),
+  variant("join_token.create"),
+  variant("join_token.delete"),
+  variant("instance.join")
 )
 export type DomainEvent = typeof DomainEvent.Type
 

@@ -16,7 +16,7 @@
  * event registry grows.
  */
 import { HashMap, Option, Schema } from "effect"
-import type { CaKeySet, CaType, CommittedEvent, RotationPhase } from "./Event.ts"
+import type { CaKeySet, CaType, CommittedEvent, JoinRole, RotationPhase } from "./Event.ts"
 import { presets } from "./Presets.ts"
 import { Role } from "./Role.ts"
 import type { Traits } from "./Role.ts"
@@ -59,6 +59,14 @@ export interface RbacView {
   readonly cas: HashMap.HashMap<CaType, CaState>
   /** Only for existing users, so failed logins for made-up names cost nothing. */
   readonly logins: HashMap.HashMap<string, LoginState>
+  /** Join tokens by name (not the secret), with what they allow and until when. */
+  readonly tokens: HashMap.HashMap<string, JoinTokenState>
+}
+
+export interface JoinTokenState {
+  readonly name: string
+  readonly roles: ReadonlyArray<JoinRole>
+  readonly expires: string
 }
 
 export const empty: RbacView = Object.freeze({
@@ -66,7 +74,8 @@ export const empty: RbacView = Object.freeze({
   users: HashMap.empty(),
   roles: HashMap.empty(),
   cas: HashMap.empty(),
-  logins: HashMap.empty()
+  logins: HashMap.empty(),
+  tokens: HashMap.empty()
 })
 
 /** The key set that signs now: the next one from update_clients on. */
@@ -147,6 +156,12 @@ export const apply = (view: RbacView, event: CommittedEvent): RbacView => {
       return next({ logins: HashMap.set(view.logins, event.payload.name, { failures: 0, lockedUntil: event.payload.expires }) })
     case "lock.deleted":
       return next({ logins: HashMap.remove(view.logins, event.payload.name) })
+    case "join_token.create": {
+      const { name, roles, expires } = event.payload
+      return next({ tokens: HashMap.set(view.tokens, name, { name, roles, expires }) })
+    }
+    case "join_token.delete":
+      return next({ tokens: HashMap.remove(view.tokens, event.payload.name) })
     case "role.deleted":
       return next({ roles: HashMap.remove(view.roles, event.payload.name) })
     default:
