@@ -15,6 +15,7 @@ import { randomBytes, randomUUID } from "node:crypto"
 import { Effect, Either, Layer, Runtime } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
 import { Bus } from "../adapters/Bus.ts"
+import { readBody } from "../adapters/internal/httpBody.ts"
 import { invitePageCsp, renderInvitePage, renderMessagePage } from "../adapters/web/invitePage.ts"
 import * as X509 from "../adapters/x509.ts"
 import type { AuthMethod, RequestOf, ResponseOf } from "../domain/AuthApi.ts"
@@ -61,25 +62,13 @@ const sendHtml = (res: http.ServerResponse, status: number, html: string, nonce:
   res.end(html)
 }
 
-const readJson = (req: http.IncomingMessage) =>
-  new Promise<unknown>((resolve, reject) => {
-    const chunks: Array<Buffer> = []
-    let size = 0
-    req.on("data", (c: Buffer) => {
-      size += c.length
-      if (size > MAX_BODY) {
-        reject(new Error("request body too large"))
-        req.destroy()
-      } else chunks.push(c)
-    })
-    req.on("end", () => {
-      try {
-        resolve(chunks.length === 0 ? {} : JSON.parse(Buffer.concat(chunks).toString("utf8")))
-      } catch {
-        reject(new Error("request body is not JSON"))
-      }
-    })
-    req.on("error", reject)
+const readJson = (req: http.IncomingMessage): Promise<unknown> =>
+  readBody(req, MAX_BODY).then((text) => {
+    try {
+      return text === "" ? {} : (JSON.parse(text) as unknown)
+    } catch {
+      throw new Error("request body is not JSON")
+    }
   })
 
 export const make = (settings: ProxyWebSettings) =>

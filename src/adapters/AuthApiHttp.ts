@@ -11,6 +11,7 @@ import type { AuthMethod, RequestOf, ResponseOf } from "../domain/AuthApi.ts"
 import { AuthMethods } from "../domain/AuthApi.ts"
 import type { ApiError } from "../domain/Errors.ts"
 import { ApiError as ApiErrorSchema, BadParameter, httpStatusOf } from "../domain/Errors.ts"
+import { readBody } from "./internal/httpBody.ts"
 
 export type Handlers = {
   readonly [M in AuthMethod]: (req: RequestOf<M>) => Effect.Effect<ResponseOf<M>, ApiError>
@@ -36,21 +37,6 @@ export const dispatch = (handlers: Handlers, method: string, body: unknown): Eff
   )
 }
 
-const readBody = (req: http.IncomingMessage) =>
-  new Promise<string>((resolve, reject) => {
-    const chunks: Array<Buffer> = []
-    let size = 0
-    req.on("data", (c: Buffer) => {
-      size += c.length
-      if (size > MAX_BODY) {
-        reject(new Error("request body too large"))
-        req.destroy()
-      } else chunks.push(c)
-    })
-    req.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")))
-    req.on("error", reject)
-  })
-
 const send = (res: http.ServerResponse, status: number, body: unknown) => {
   const text = JSON.stringify(body)
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
@@ -65,7 +51,7 @@ export const serveUnixSocket = (handlers: Handlers, socketPath: string): Effect.
     const server = http.createServer((req, res) => {
       const match = /^\/v1\/rpc\/([a-z._]+)$/.exec(req.url ?? "")
       if (req.method !== "POST" || match === null) return send(res, 404, { error: { _tag: "NotFound", message: "no such endpoint" } })
-      readBody(req)
+      readBody(req, MAX_BODY)
         .then((text) => {
           let body: unknown
           try {
