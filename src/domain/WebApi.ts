@@ -75,3 +75,43 @@ export const InviteCompleteRequest = Schema.Struct({
 
 /** Every error answer: `{ "error": { "message": "..." } }` with an HTTP status. */
 export const ErrorBody = Schema.Struct({ error: Schema.Struct({ message: Schema.String }) })
+
+// ---------------------------------------------------------------------------------------------
+// Database access. Both calls authenticate the user by the client certificate from `tsh login`
+// (mTLS to the proxy's web port).
+
+/** One database as `tsh db ls` shows it. */
+export const DatabaseInfo = Schema.Struct({
+  name: Schema.String,
+  description: Schema.String,
+  protocol: Schema.String,
+  labels: Schema.Record({ key: Schema.String, value: Schema.String }),
+  /** Database users the caller's roles allow here (after template expansion); `*` means any. */
+  allowed_users: Schema.Array(Schema.String),
+  /** The host id of the agent that serves it. */
+  host_id: Schema.String
+})
+export type DatabaseInfo = typeof DatabaseInfo.Type
+
+/** `GET /v1/webapi/databases`: the databases the caller's roles let them see (db_labels). */
+export const DatabasesResponse = Schema.Struct({ databases: Schema.Array(DatabaseInfo) })
+
+/**
+ * `POST /v1/webapi/db/certs`: a client certificate whose subject carries the database route
+ * (1.3.9999.2.x), for `tsh db login`. The route is checked when the session starts, not here.
+ */
+export const DbCertRequest = Schema.Struct({
+  service_name: Schema.String,
+  db_user: Schema.String,
+  db_name: Schema.optional(Schema.String),
+  /** PEM SubjectPublicKeyInfo of the client's ECDSA P-256 key. */
+  tls_pub_key: Schema.String,
+  ttl_seconds: Schema.optional(Schema.Int.pipe(Schema.positive()))
+})
+export const DbCertResponse = Schema.Struct({
+  tls_cert: Schema.String,
+  /** The host CA, which signs the proxy's certificate (sslrootcert for psql). */
+  tls_ca_certs: Schema.Array(Schema.String),
+  expires: Schema.String,
+  protocol: Schema.String
+})
