@@ -12,7 +12,10 @@
  *         <user>.ssh                             Ed25519 private key, OpenSSH format (the SSH key)
  *         <user>.ssh.pub                         its OpenSSH public key line
  *         <user>-ssh/<cluster>-cert.pub          OpenSSH user certificate for <user>.ssh
- *         <user>-db/<cluster>/<db>.crt           database certificates (`tsh db login`)
+ *         <user>-db/<cluster>/<db>.crt           database certificate (`tsh db login`), its route in the subject
+ *         <user>-db/<cluster>/<db>.key           its ECDSA P-256 key, PKCS#8 PEM (libpq wants 0600)
+ *         <user>-db/<cluster>/<db>-ca.pem        the host CA, which signs the proxy's certificate (sslrootcert)
+ *         <user>-db/<cluster>/<db>.json          the db user and db name asked for, for `tsh db connect|env|config`
  *
  * `<proxy>` is the proxy's host name without its port. Every file is written atomically (a temp
  * file in the same directory, then rename) with mode 0600; directories are 0700. Two key types,
@@ -22,8 +25,10 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { randomBytes } from "node:crypto"
-import { Data, Effect, Option } from "effect"
+import { Data, Effect, Either, Option } from "effect"
 import * as YAML from "yaml"
+import * as PgService from "./PgServiceFile.ts"
+import { parseCertIdentity } from "./x509.ts"
 
 export class TshProfileError extends Data.TaggedError("TshProfileError")<{
   readonly reason: "NotLoggedIn" | "Io" | "BadProfile"
@@ -308,15 +313,22 @@ export const trustedCaCerts = (root: string, proxy: string): Effect.Effect<Optio
     )
   )
 
+export interface RemoveOptions {
+  /** The PostgreSQL service file to clean (default: `$PGSERVICEFILE`, else `~/.pg_service.conf`). */
+  readonly pgServiceFile?: string
+}
+
 /**
  * Logs out of one profile (the current one when `proxy` is omitted): deletes its whole key
  * directory (keys, certificates, certs.pem, database certificates), its `<proxy>.yaml`, its
  * known_hosts lines (unless another profile names the same hosts, like `ssh-keygen -R`), and
- * current-profile when it pointed there. Returns the profile removed, if there was one.
+ * current-profile when it pointed there, and the `tsh db login` sections of the PostgreSQL service
+ * file. Returns the profile removed, if there was one.
  */
 export const removeLogin = (
   root: string,
-  proxy?: string
+  proxy?: string,
+  opts: RemoveOptions = {}
 ): Effect.Effect<Option.Option<{ readonly name: string; readonly user: string }>, TshProfileError> =>
   io("cannot remove the login", () => {
     const cur = currentName(root)
@@ -333,6 +345,11 @@ export const removeLogin = (
     const existed = file !== undefined || fs.existsSync(keyDir)
     fs.rmSync(keyDir, { recursive: true, force: true })
     fs.rmSync(profileFile, { force: true })
+    // The service file sections that point at this profile's database certificates go with them,
+    // found by their sslcert path, so a section whose files were already gone goes too.
+    const pgFile = opts.pgServiceFile ?? PgService.defaultPath()
+    const ours = path.resolve(keyDir) + path.sep
+    PgService.removeSections(pgFile, (sec) => path.resolve(sec.entries["sslcert"] ?? "/").startsWith(ours))
 
     const knownHosts = path.join(root, "known_hosts")
     const known = readIfExists(knownHosts)
@@ -366,7 +383,8 @@ export const removeLogin = (
 
 /** Logs out of every profile. Returns the profiles removed. */
 export const removeAllLogins = (
-  root: string
+  root: string,
+  opts: RemoveOptions = {}
 ): Effect.Effect<ReadonlyArray<{ readonly name: string; readonly user: string }>, TshProfileError> =>
   Effect.gen(function* () {
     const names = new Set(yield* listProfiles(root))
@@ -374,9 +392,146 @@ export const removeAllLogins = (
     for (const d of yield* io("cannot list keys", () => (fs.existsSync(keysDir) ? fs.readdirSync(keysDir) : []))) names.add(d)
     const removed: Array<{ name: string; user: string }> = []
     for (const n of names) {
-      const r = yield* removeLogin(root, n)
+      const r = yield* removeLogin(root, n, opts)
       if (Option.isSome(r)) removed.push(r.value)
     }
     yield* io("cannot remove current-profile", () => fs.rmSync(path.join(root, "current-profile"), { force: true }))
     return removed
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Database logins (`tsh db login`)
+
+/** What `<db>.json` remembers of a database login. */
+export interface DbLoginInfo {
+  readonly service_name: string
+  readonly protocol: string
+  readonly db_user: string
+  readonly db_name?: string
+  /** RFC 3339 expiry of the certificate. */
+  readonly expires: string
+}
+
+/** The files of one database login. */
+export const dbLoginPaths = (profile: Pick<LoadedProfile, "paths">, cluster: string, db: string) => {
+  const dir = path.join(profile.paths.dbDir, cluster)
+  return {
+    dir,
+    cert: path.join(dir, `${db}.crt`),
+    key: path.join(dir, `${db}.key`),
+    ca: path.join(dir, `${db}-ca.pem`),
+    info: path.join(dir, `${db}.json`)
+  }
+}
+export type DbLoginPaths = ReturnType<typeof dbLoginPaths>
+
+export interface DbLogin {
+  readonly cluster: string
+  readonly info: DbLoginInfo
+  readonly paths: DbLoginPaths
+}
+
+export interface DbLoginMaterial {
+  readonly cluster: string
+  readonly info: DbLoginInfo
+  /** PKCS#8 PEM of the database key. */
+  readonly privateKeyPem: string
+  /** PEM certificate with the database route. */
+  readonly cert: string
+  /** PEM CA certificates to verify the proxy with. */
+  readonly caCerts: ReadonlyArray<string>
+}
+
+/** Names that become file names: no separators, no dot files, nothing empty. */
+export const isSafeName = (name: string): boolean => name !== "" && !name.startsWith(".") && !/[/\\\0]/.test(name)
+
+const badName = (what: string, name: string) => new TshProfileError({ reason: "BadProfile", message: `bad ${what} name "${name}"` })
+
+/** Writes a database login: key (0600) before certificate, certificate before the info file. */
+export const saveDbLogin = (profile: Pick<LoadedProfile, "paths">, m: DbLoginMaterial): Effect.Effect<DbLoginPaths, TshProfileError> =>
+  io("cannot save the database login", () => {
+    if (!isSafeName(m.cluster)) throw badName("cluster", m.cluster)
+    if (!isSafeName(m.info.service_name)) throw badName("database", m.info.service_name)
+    const p = dbLoginPaths(profile, m.cluster, m.info.service_name)
+    mkdirPrivate(profile.paths.dbDir)
+    mkdirPrivate(p.dir)
+    writeFileAtomic(p.key, withNewline(m.privateKeyPem))
+    writeFileAtomic(p.cert, withNewline(m.cert))
+    writeFileAtomic(p.ca, m.caCerts.map(withNewline).join(""))
+    writeFileAtomic(p.info, `${JSON.stringify(m.info, null, 2)}\n`)
+    return p
+  })
+
+const readDbInfo = (p: DbLoginPaths, db: string): DbLoginInfo | undefined => {
+  const text = readIfExists(p.info)
+  if (text !== undefined) {
+    try {
+      const o = JSON.parse(text) as Record<string, unknown>
+      if (typeof o["db_user"] === "string" && typeof o["protocol"] === "string" && typeof o["expires"] === "string") {
+        return {
+          service_name: db,
+          protocol: o["protocol"],
+          db_user: o["db_user"],
+          ...(typeof o["db_name"] === "string" && o["db_name"] !== "" ? { db_name: o["db_name"] } : {}),
+          expires: o["expires"]
+        }
+      }
+    } catch {
+      // a damaged info file: the certificate itself says the same
+    }
+  }
+  const cert = readIfExists(p.cert)
+  if (cert === undefined) return undefined
+  const id = parseCertIdentity(cert)
+  if (Either.isLeft(id) || id.right.routeToDatabase === undefined) return undefined
+  const r = id.right.routeToDatabase
+  return {
+    service_name: db,
+    protocol: r.protocol,
+    db_user: r.username,
+    ...(r.database !== "" ? { db_name: r.database } : {}),
+    expires: id.right.expires.toISOString()
+  }
+}
+
+/** The database logins of a profile's cluster (those with both a certificate and a key), sorted by name. */
+export const listDbLogins = (profile: Pick<LoadedProfile, "paths" | "file">): Effect.Effect<ReadonlyArray<DbLogin>, TshProfileError> =>
+  io("cannot list database logins", () => {
+    const cluster = profile.file.cluster
+    const dir = path.join(profile.paths.dbDir, cluster)
+    let entries: Array<string>
+    try {
+      entries = fs.readdirSync(dir)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return []
+      throw e
+    }
+    const out: Array<DbLogin> = []
+    for (const db of entries.filter((e) => e.endsWith(".crt")).map((e) => e.slice(0, -".crt".length)).sort()) {
+      const p = dbLoginPaths(profile, cluster, db)
+      if (!fs.existsSync(p.key)) continue
+      const info = readDbInfo(p, db)
+      if (info !== undefined) out.push({ cluster, info, paths: p })
+    }
+    return out
+  })
+
+/** Deletes one database login's files; true when there was something to delete. */
+export const removeDbLogin = (profile: Pick<LoadedProfile, "paths">, cluster: string, db: string): Effect.Effect<boolean, TshProfileError> =>
+  io("cannot remove the database login", () => {
+    if (!isSafeName(cluster) || !isSafeName(db)) return false
+    const p = dbLoginPaths(profile, cluster, db)
+    let existed = false
+    for (const f of [p.cert, p.key, p.ca, p.info]) {
+      if (fs.existsSync(f)) existed = true
+      fs.rmSync(f, { force: true })
+    }
+    for (const d of [p.dir, profile.paths.dbDir]) {
+      try {
+        fs.rmdirSync(d)
+      } catch {
+        // not empty, or not there
+      }
+    }
+    return existed
   })

@@ -9,7 +9,7 @@ import * as fs from "node:fs"
 import * as https from "node:https"
 import * as tls from "node:tls"
 import { Data, Effect, Schema } from "effect"
-import { ErrorBody, FindResponse, LoginRequest, LoginResponse } from "../domain/WebApi.ts"
+import { DatabasesResponse, DbCertRequest, DbCertResponse, ErrorBody, FindResponse, LoginRequest, LoginResponse } from "../domain/WebApi.ts"
 import { DEFAULT_PROXY_PORT, parseProxyAddr } from "./TshProfile.ts"
 
 export class WebApiError extends Data.TaggedError("WebApiError")<{
@@ -175,3 +175,11 @@ export const login = (proxy: string, req: LoginRequest, opts: TlsOptions = {}): 
 /** `GET /v1/webapi/whoami` with the user's certificate (mTLS); returns the proxy's JSON answer. */
 export const whoami = (proxy: string, opts: ClientCertOptions): Effect.Effect<unknown, WebApiError> =>
   request(proxy, "GET", "/v1/webapi/whoami", undefined, opts)
+
+/** `GET /v1/webapi/databases` with the user's certificate (mTLS): the databases the user may see. */
+export const databases = (proxy: string, opts: ClientCertOptions): Effect.Effect<typeof DatabasesResponse.Type, WebApiError> =>
+  Effect.flatMap(request(proxy, "GET", "/v1/webapi/databases", undefined, opts), decode(DatabasesResponse, "databases"))
+
+/** `POST /v1/webapi/db/certs` with the user's certificate (mTLS): a certificate routed to one database. */
+export const dbCerts = (proxy: string, req: typeof DbCertRequest.Type, opts: ClientCertOptions): Effect.Effect<typeof DbCertResponse.Type, WebApiError> =>
+  Effect.flatMap(request(proxy, "POST", "/v1/webapi/db/certs", Schema.encodeSync(DbCertRequest)(req), opts), decode(DbCertResponse, "database certificate"))
