@@ -1,5 +1,5 @@
 /**
- * Canonical JSON (RFC 8785, via the maintained `canonicalize` package) and the SHA-256 hash chain.
+ * Canonical JSON (RFC 8785, JCS) and the SHA-256 hash chain.
  *
  * A committed event is stored as its canonical JSON `body`, which already contains `seq` and
  * `prev_hash`; its `hash` is SHA-256 over those exact bytes. Hashing the stored bytes (and not a
@@ -7,17 +7,78 @@
  * whitespace-only edit of the body changes the hash just as a changed value does.
  */
 import { createHash } from "node:crypto"
-import canonicalizeJson from "canonicalize"
 
 /** The `prev_hash` of the first event in the log. */
 export const GENESIS_HASH = "0".repeat(64)
 
-/** RFC 8785 canonical JSON. Throws on values JSON cannot carry (functions, NaN, cycles). */
-export const canonicalize = (value: unknown): string => {
-  const out = canonicalizeJson(value)
-  if (out === undefined) throw new TypeError("value has no canonical JSON form")
-  return out
+// `String.prototype.isWellFormed` is ES2024: Node 20 has it, our `lib` (ES2023) does not type it.
+const isWellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
+
+/**
+ * RFC 8785 leaves nothing to choose once the value is JSON: ECMAScript `Number::toString` is its
+ * number form (JSON.stringify uses it; -0 becomes 0), JSON.stringify's string escaping is its
+ * string form (only the quote, the backslash and U+0000..U+001F escaped, short forms first),
+ * and members are sorted by UTF-16 code units, which is what `Array.prototype.sort` does with no
+ * comparator. What RFC 8785 adds is refusals: a string with a lone surrogate (JSON.stringify would
+ * escape it as `\udXXX`; I-JSON forbids it), and a number that is not finite.
+ */
+const serialize = (value: unknown, ancestors: Array<object>): string => {
+  switch (typeof value) {
+    case "string":
+      if (!isWellFormed(value)) throw new TypeError("a string holds a lone surrogate (not I-JSON)")
+      return JSON.stringify(value)
+    case "number":
+      if (!Number.isFinite(value)) throw new TypeError(`${value} has no JSON form`)
+      return JSON.stringify(value)
+    case "boolean":
+      return value ? "true" : "false"
+    case "object": {
+      if (value === null) return "null"
+      if (ancestors.includes(value)) throw new TypeError("a value contains itself (cycle)")
+      ancestors.push(value)
+      try {
+        // Objects that say how they serialise (Date) are canonicalised as that, as JSON.stringify would.
+        const json = (value as { toJSON?: unknown }).toJSON
+        if (typeof json === "function") return serialize(json.call(value), ancestors)
+        if (Array.isArray(value)) {
+          // JSON.stringify writes `null` for an undefined element: a silent change, so refused.
+          let out = "["
+          for (let i = 0; i < value.length; i++) {
+            if (i > 0) out += ","
+            out += serialize(value[i], ancestors)
+          }
+          return out + "]"
+        }
+        const record = value as Record<string, unknown>
+        const keys = Object.keys(record).sort()
+        let out = "{"
+        let first = true
+        for (const key of keys) {
+          const member = record[key]
+          // An undefined member is left out, as JSON.stringify does: an absent optional field
+          // reads back as absent, so nothing changes meaning (and callers rely on it).
+          if (member === undefined) continue
+          if (!isWellFormed(key)) throw new TypeError("a key holds a lone surrogate (not I-JSON)")
+          out += (first ? "" : ",") + JSON.stringify(key) + ":" + serialize(member, ancestors)
+          first = false
+        }
+        return out + "}"
+      } finally {
+        ancestors.pop()
+      }
+    }
+    default:
+      // undefined, function, symbol, bigint.
+      throw new TypeError(`a ${typeof value} has no JSON form`)
+  }
 }
+
+/**
+ * RFC 8785 canonical JSON. Throws a TypeError on what JSON cannot carry exactly: non-finite
+ * numbers, strings with lone surrogates, undefined (except as an object member, which is left
+ * out), functions, symbols, bigints, cycles.
+ */
+export const canonicalize = (value: unknown): string => serialize(value, [])
 
 export const sha256Hex = (text: string): string => createHash("sha256").update(text, "utf8").digest("hex")
 
