@@ -6,7 +6,7 @@ export default defineConfig({
     // Suites start real servers (PostgreSQL, nats-server, sshd) on free ports; two workers fit two cores.
     pool: "forks",
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
-    testTimeout: 60_000,
+    testTimeout: 180_000,
     hookTimeout: 120_000,
     setupFiles: ["test/setup.ts"]
   }

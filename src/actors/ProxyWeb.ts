@@ -9,11 +9,11 @@
  */
 import * as fs from "node:fs"
 import type * as http from "node:http"
-import * as https from "node:https"
 import type { TLSSocket } from "node:tls"
 import { randomBytes, randomUUID } from "node:crypto"
 import { Effect, Either, Layer, Runtime } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
+import * as ProxyListener from "../adapters/ProxyListener.ts"
 import { Bus } from "../adapters/Bus.ts"
 import { readBody } from "../adapters/internal/httpBody.ts"
 import { invitePageCsp, renderInvitePage, renderMessagePage } from "../adapters/web/invitePage.ts"
@@ -34,11 +34,6 @@ export interface ProxyWebSettings {
 
 const MAX_BODY = 64 * 1024
 
-const splitHostPort = (addr: string): { host: string; port: number } => {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(addr)
-  if (m === null) throw new Error(`bad address ${addr}`)
-  return { host: m[1] ?? m[2] ?? "0.0.0.0", port: Number(m[3]) }
-}
 
 const sendJson = (res: http.ServerResponse, status: number, body: unknown) => {
   const text = JSON.stringify(body)
@@ -194,41 +189,25 @@ export const make = (settings: ProxyWebSettings) =>
         return sendJson(res, 404, { error: { message: `no such endpoint: ${method} ${path}` } })
       })
 
-    const server = https.createServer(
-      { key, cert, requestCert: true, rejectUnauthorized: false, minVersion: "TLSv1.2", ALPNProtocols: ["http/1.1"] },
-      (req, res) => {
-        void run(
-          route(req, res).pipe(
-            Effect.catchAll((e) => Effect.sync(() => sendJson(res, httpStatusOf(e), { error: { message: e.message } }))),
-            Effect.catchAllDefect((d) =>
-              Effect.logError("proxy request failed", d).pipe(
-                Effect.zipRight(Effect.sync(() => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      void run(
+        route(req, res).pipe(
+          Effect.catchAll((e) => Effect.sync(() => sendJson(res, httpStatusOf(e), { error: { message: e.message } }))),
+          Effect.catchAllDefect((d) =>
+            Effect.logError("proxy request failed", d).pipe(
+              Effect.zipRight(
+                Effect.sync(() => {
                   if (!res.headersSent) sendJson(res, 500, { error: { message: "internal error" } })
-                }))
+                })
               )
             )
           )
         )
-      }
-    )
-    // A client that sends garbage instead of a TLS handshake only loses its own connection.
-    server.on("tlsClientError", () => undefined)
-    const { host, port } = splitHostPort(settings.listenAddr)
-    yield* Effect.acquireRelease(
-      Effect.async<void, Error>((resume) => {
-        server.once("error", (e) => resume(Effect.fail(e)))
-        server.listen(port, host, () => resume(Effect.void))
-      }),
-      () =>
-        Effect.async<void>((resume) => {
-          server.closeAllConnections()
-          server.close(() => resume(Effect.void))
-        })
-    ).pipe(Effect.orDie)
-    const address = server.address()
-    const boundPort = typeof address === "object" && address !== null ? address.port : port
-    yield* Effect.logInfo(`proxy web listener on ${host}:${boundPort}`)
-    return { port: boundPort }
+      )
+    }
+    const { port } = yield* ProxyListener.listen(settings.listenAddr, { key, cert }, { http: onRequest, alpn: {} }).pipe(Effect.orDie)
+    yield* Effect.logInfo(`proxy web listener on ${settings.listenAddr.replace(/:\d+$/, "")}:${port}`)
+    return { port }
   })
 
 export const layer = (settings: ProxyWebSettings) => Layer.scopedDiscard(make(settings))
