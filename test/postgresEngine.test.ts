@@ -18,7 +18,9 @@ import { generateCa, generateEcdsaKeyPair, signHostCert, signUserCert } from "..
 import type { CertificateAuthority } from "../src/adapters/x509.ts"
 import { Role } from "../src/domain/Role.ts"
 import { engineFor, engines } from "../src/protocols/engine.ts"
-import type { AuditRecord, SessionContext } from "../src/protocols/engine.ts"
+import type { AuditRecord, DatabaseTls, SessionContext } from "../src/protocols/engine.ts"
+import { BackendParser, serializeFrontend } from "../src/protocols/postgres/index.ts"
+import type { BackendMessage } from "../src/protocols/postgres/index.ts"
 import { PostgresCancelRegistry, PostgresEngine, cancelRequest, isCancelRequest } from "../src/protocols/postgres/engine.ts"
 import type { PostgresServer } from "./fixtures/postgres.ts"
 import { startPostgresAsync } from "./fixtures/postgres.ts"
@@ -31,7 +33,7 @@ const dev = decodeRole({
   version: "v7",
   metadata: { name: "dev" },
   spec: {
-    allow: { db_labels: { "*": "*" }, db_users: ["alice"], db_names: ["appdb", "postgres"] },
+    allow: { db_labels: { "*": "*" }, db_users: ["alice", "bob"], db_names: ["appdb", "postgres"] },
     deny: { db_labels: { "*": "*" }, db_users: ["postgres"], db_names: ["secret"] }
   }
 })
@@ -55,6 +57,9 @@ interface ListenerOptions {
   readonly dbName?: string
   readonly roles?: ReadonlyArray<Role>
   readonly expires?: Date
+  readonly tls?: DatabaseTls
+  /** Per-record delay of the audit sink. */
+  readonly auditDelayMs?: number
 }
 
 const waitFor = async (what: string, pred: () => boolean, timeoutMs = 15_000): Promise<void> => {
@@ -117,10 +122,14 @@ describe("PostgreSQL engine", () => {
             protocol: "postgres",
             uri: `127.0.0.1:${pg.port}`,
             labels: { env: "test" },
-            tls: { mode: "verify-full", caCertPem: ca.certPem, serverName: "localhost" }
+            tls: opts.tls ?? { mode: "verify-full", caCertPem: ca.certPem, serverName: "localhost" }
           },
           issueClientCert,
-          audit: (e) => Effect.sync(() => void events.push(e)),
+          audit: (e) =>
+            Effect.zipRight(
+              opts.auditDelayMs === undefined ? Effect.void : Effect.sleep(opts.auditDelayMs),
+              Effect.sync(() => void events.push(e))
+            ),
           sessionId: randomUUID(),
           clusterName: "main",
           hostId: "host-1"
@@ -173,7 +182,7 @@ describe("PostgreSQL engine", () => {
       "server.crt": serverCert.pem,
       "server.key": serverKeys.privateKeyPem,
       "ca.crt": ca.certPem,
-      "pg_hba.conf": "local all all trust\nhostssl all all 127.0.0.1/32 cert\n"
+      "pg_hba.conf": "local all all trust\nhostssl all bob 127.0.0.1/32 scram-sha-256\nhostssl all all 127.0.0.1/32 cert\n"
     }
     for (const [name, text] of Object.entries(files)) {
       fs.writeFileSync(path.join(keyDir, name), text, { mode: 0o600 })
@@ -191,6 +200,7 @@ describe("PostgreSQL engine", () => {
       }
     })
     await pg.psql("CREATE ROLE alice LOGIN")
+    await pg.psql("CREATE ROLE bob LOGIN PASSWORD 'secret'")
     await pg.psql("CREATE DATABASE appdb OWNER alice")
   })
 
@@ -334,6 +344,8 @@ describe("PostgreSQL engine", () => {
 
   it("answers garbage, a 20 KiB startup and a lying length with an ErrorResponse and closes only that connection", async () => {
     const l = await listen({ dbUser: "alice", dbName: "appdb" })
+    const busy = psql(l, "alice", "appdb", "select pg_sleep(1), 'still here'")
+    await waitFor("the busy session", () => l.events.some((e) => e.type === "db.session.query"))
     const garbage = await rawExchange(l.port, Buffer.from("GET / HTTP/1.1\r\nHost: example\r\n\r\n"))
     expect(garbage[0]).toBe(0x45)
     expect(garbage.toString("latin1")).toContain("invalid length of startup packet")
@@ -352,6 +364,7 @@ describe("PostgreSQL engine", () => {
     expect(lying.toString("latin1")).toContain("08P01")
 
     // An open session on the same listener is not disturbed, and new ones still work.
+    expect((await busy).stdout.trim()).toBe("|still here")
     const r = await psql(l, "alice", "appdb", "select 42")
     expect(r.stdout.trim()).toBe("42")
   })
@@ -381,6 +394,87 @@ describe("PostgreSQL engine", () => {
     const expired = await listen({ dbUser: "alice", dbName: "appdb", expires: new Date(Date.now() - 1_000) })
     const late = await psql(expired, "alice", "appdb", "select 1")
     expect(late.stderr).toContain("certificate expired")
+  })
+
+  /** A bare protocol client: sends a StartupMessage and collects backend messages. */
+  const rawSession = async (port: number) => {
+    const s = net.connect({ host: "127.0.0.1", port })
+    await new Promise<void>((resolve) => s.once("connect", () => resolve()))
+    const parser = new BackendParser()
+    const received: Array<BackendMessage> = []
+    let closed = false
+    s.on("data", (d: Buffer) => {
+      for (const m of parser.push(d)) if (m.kind !== "error") received.push(m)
+    })
+    s.on("close", () => (closed = true))
+    s.on("error", () => undefined)
+    s.write(serializeFrontend({ kind: "startup", protocolVersion: 196608, parameters: [["user", "alice"], ["database", "appdb"]] }))
+    const ready = async (n: number) => waitFor(`ReadyForQuery #${n}`, () => received.filter((m) => m.kind === "readyForQuery").length >= n)
+    await ready(1)
+    return { s, received, ready, isClosed: () => closed }
+  }
+
+  it("hands out its own cancel key, and a malformed frame mid-session ends it with 08P01", async () => {
+    const l = await listen({ dbUser: "alice", dbName: "appdb" })
+    const c = await rawSession(l.port)
+    const key = c.received.find((m) => m.kind === "backendKeyData")
+    expect(key).toBeDefined()
+    c.s.write(serializeFrontend({ kind: "query", text: "select pg_backend_pid()" }))
+    await c.ready(2)
+    const row = c.received.find((m) => m.kind === "dataRow")
+    const backendPid = row?.kind === "dataRow" ? Number(Buffer.from(row.columns[0]!).toString()) : NaN
+    expect(backendPid).toBeGreaterThan(0)
+    expect(key?.kind === "backendKeyData" && key.processId).not.toBe(backendPid)
+
+    c.s.write(Buffer.from([0x51, 0, 0, 0, 2]))
+    await waitFor("close", c.isClosed)
+    const err = c.received.at(-1)
+    expect(err?.kind).toBe("errorResponse")
+    expect(err?.kind === "errorResponse" && err.fields.code).toBe("08P01")
+    await waitFor("session end", () => l.events.some((e) => e.type === "db.session.end"))
+    expect(String(l.events.at(-1)!.fields["reason"])).toMatch(/length 2 is below 4/)
+  })
+
+  it("keeps audit records in order behind a slow sink", async () => {
+    const l = await listen({ dbUser: "alice", dbName: "appdb", auditDelayMs: 20 })
+    const args = Array.from({ length: 30 }, (_, i) => ["-c", `select ${i}`]).flat()
+    const r = await run("psql", [conn(l, "alice", "appdb"), "-X", "-At", ...args])
+    expect(r.stdout.trim().split("\n")).toHaveLength(30)
+    await waitFor("session end", () => l.events.some((e) => e.type === "db.session.end"))
+    expect(l.events.map((e) => e.fields["db_query"] ?? e.type)).toEqual([
+      "db.session.start",
+      ...Array.from({ length: 30 }, (_, i) => `select ${i}`),
+      "db.session.end"
+    ])
+    expect(l.events.map((e) => e.fields["ei"])).toEqual(Array.from({ length: 32 }, (_, i) => i))
+  })
+
+  it("checks the database's certificate as tls.mode says", async () => {
+    const wrongName = await listen({ dbUser: "alice", dbName: "appdb", tls: { mode: "verify-full", caCertPem: ca.certPem, serverName: "db.example.com" } })
+    const refused = await psql(wrongName, "alice", "appdb", "select 1")
+    expect(refused.code).not.toBe(0)
+    expect(refused.stderr).toMatch(/TLS with database pg1 at 127\.0\.0\.1:\d+ failed: .*db\.example\.com/)
+    const caOnly = await listen({ dbUser: "alice", dbName: "appdb", tls: { mode: "verify-ca", caCertPem: ca.certPem, serverName: "db.example.com" } })
+    expect((await psql(caOnly, "alice", "appdb", "select 1")).stdout.trim()).toBe("1")
+    const other = await Effect.runPromise(generateCa("other", "main", 1))
+    const wrongCa = await listen({ dbUser: "alice", dbName: "appdb", tls: { mode: "verify-ca", caCertPem: other.certPem } })
+    expect((await psql(wrongCa, "alice", "appdb", "select 1")).stderr).toContain("TLS with database pg1")
+    const insecure = await listen({ dbUser: "alice", dbName: "appdb", tls: { mode: "insecure", caCertPem: other.certPem } })
+    expect((await psql(insecure, "alice", "appdb", "select 1")).stdout.trim()).toBe("1")
+  })
+
+  it("refuses a database that asks for a password instead of the client certificate", async () => {
+    const l = await listen({ dbUser: "bob", dbName: "appdb" })
+    const r = await psql(l, "bob", "appdb", "select 1")
+    expect(r.code).not.toBe(0)
+    expect(r.stderr).toContain("database pg1 asked for SASL authentication; the database agent authenticates with client certificates only")
+  })
+
+  it("relays the database's own refusal verbatim", async () => {
+    const l = await listen({ dbUser: "alice", roles: [strict] })
+    const r = await psql(l, "alice", "nosuchdb", "select 1")
+    expect(r.code).not.toBe(0)
+    expect(r.stderr).toContain('database "nosuchdb" does not exist')
   })
 
   // Last: SIGKILL of a backend makes the postmaster restart every backend.
