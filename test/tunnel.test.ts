@@ -324,6 +324,21 @@ describe("reverse tunnel", () => {
     })
   )
 
+  it.scopedLive("reconnect drops the tunnel and the agent comes back at once", () =>
+    Effect.gen(function* () {
+      const { server, port } = yield* startProxy()
+      const events = yield* server.subscribe
+      const agent = yield* startAgent(port, agentPair)
+      yield* listed(server, "db-host-1")
+      expect((yield* Queue.take(events))._tag).toBe("AgentConnected")
+      yield* agent.reconnect
+      expect((yield* Queue.take(events))._tag).toBe("AgentDisconnected")
+      expect((yield* Queue.take(events))._tag).toBe("AgentConnected")
+      const s = yield* agent.status
+      expect(s).toMatchObject({ state: "connected", connects: 2, attempts: 0, lastError: "reconnect requested" })
+    })
+  )
+
   it.scopedLive("an agent that goes silent without closing its socket is dropped by heartbeat within deadAfterMs, then reconnects", () =>
     Effect.gen(function* () {
       const { server, port } = yield* startProxy(0, { heartbeatIntervalMs: 100, deadAfterMs: 800 })

@@ -274,6 +274,7 @@ export const make = <R = never>(options: TunnelAgentOptions<R>): Effect.Effect<T
           if (!resources.serves(target.kind, target.name)) {
             return respondError(stream, 404, `this agent serves no ${target.kind} named ${target.name}`)
           }
+          if (stream.destroyed || stream.closed) return // the proxy gave up (dial timeout) meanwhile
           stream.respond({ ":status": 200 })
           run(
             options.onDial({ target, stream }).pipe(
