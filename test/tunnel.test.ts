@@ -355,7 +355,7 @@ describe("reverse tunnel", () => {
       expect(gone).toMatchObject({ _tag: "AgentDisconnected", reason: "HeartbeatTimeout" })
       // not before the deadline (so it was not a socket close), and not much after it
       expect(elapsed).toBeGreaterThan(800 - 100 - 50)
-      expect(elapsed).toBeLessThan(800 + 100 + 300)
+      expect(elapsed).toBeLessThan(800 + 100 + 500)
       expect(yield* server.agents).toEqual([])
       // the agent sees the dead socket from its side too, and comes back once the network does
       relay.thaw()
@@ -507,8 +507,8 @@ const freezableRelay = (target: number) =>
               },
               thaw: () => {
                 frozen.value = false
-                // connections that were open during the outage stay dead, as they would be
-                for (const s of sockets) if (s.isPaused()) s.destroy()
+                // connections that lived through the outage lost bytes: they stay dead, as they would
+                for (const s of sockets) s.destroy()
               }
             })
           )
