@@ -12,7 +12,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Effect, Schema } from "effect"
+import { Effect, Fiber, Schema } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { generateCa, generateEcdsaKeyPair, signHostCert, signUserCert } from "../src/adapters/x509.ts"
 import type { CertificateAuthority } from "../src/adapters/x509.ts"
@@ -49,6 +49,7 @@ interface Listener {
   readonly port: number
   readonly events: Array<AuditRecord>
   readonly cancels: Array<boolean>
+  readonly fibers: Array<Fiber.RuntimeFiber<void>>
   readonly close: () => Promise<void>
 }
 
@@ -92,6 +93,7 @@ describe("PostgreSQL engine", () => {
   const listen = async (opts: ListenerOptions): Promise<Listener> => {
     const events: Array<AuditRecord> = []
     const cancels: Array<boolean> = []
+    const fibers: Array<Fiber.RuntimeFiber<void>> = []
     const sockets = new Set<net.Socket>()
     const server = net.createServer((socket) => {
       sockets.add(socket)
@@ -134,7 +136,7 @@ describe("PostgreSQL engine", () => {
           clusterName: "main",
           hostId: "host-1"
         }
-        void Effect.runPromise(Effect.scoped(PostgresEngine.handleSession(ctx)))
+        fibers.push(Effect.runFork(Effect.scoped(PostgresEngine.handleSession(ctx))))
       })
     })
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
@@ -143,6 +145,7 @@ describe("PostgreSQL engine", () => {
       port,
       events,
       cancels,
+      fibers,
       close: () =>
         new Promise<void>((resolve) => {
           for (const s of sockets) s.destroy()
@@ -475,6 +478,16 @@ describe("PostgreSQL engine", () => {
     const r = await psql(l, "alice", "nosuchdb", "select 1")
     expect(r.code).not.toBe(0)
     expect(r.stderr).toContain('database "nosuchdb" does not exist')
+  })
+
+  it("ends a session whose fiber is interrupted (agent shutdown): audits the end, closes both sides", async () => {
+    const l = await listen({ dbUser: "alice", dbName: "appdb" })
+    const c = await rawSession(l.port)
+    expect(PostgresCancelRegistry.size).toBe(1)
+    await Effect.runPromise(Fiber.interrupt(l.fibers[0]!))
+    await waitFor("close", c.isClosed)
+    expect(l.events.at(-1)).toMatchObject({ type: "db.session.end", code: "TDB01I", fields: { reason: "session interrupted" } })
+    expect(PostgresCancelRegistry.size).toBe(0)
   })
 
   // Last: SIGKILL of a backend makes the postmaster restart every backend.

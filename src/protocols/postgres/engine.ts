@@ -699,8 +699,9 @@ const refuse = (client: Duplex, err: unknown): Effect.Effect<void> => endStream(
 const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Scope> => {
   const { client, identity, database } = ctx
   const route = identity.routeToDatabase
-  client.on("error", () => undefined)
   return Effect.gen(function* () {
+    // Socket errors surface as 'close'; an unhandled 'error' event would take the agent down.
+    client.on("error", () => undefined)
     yield* Effect.addFinalizer(() => Effect.sync(() => client.destroy()))
     const parser = new FrontendParser()
     const first = yield* readStartup(client, parser).pipe(
