@@ -1,6 +1,7 @@
 /**
  * `tsh`: the user's command. Logs in to a proxy (password and one-time code), keeps the
  * certificates in `~/.tsh` (or `$TSH_HOME`) as Teleport's tsh does, and shows who you are.
+ * Database commands (`tsh db`, `tsh proxy db`) live in ./tshDb.ts.
  */
 import "reflect-metadata"
 import { generateKeyPairSync } from "node:crypto"
@@ -11,11 +12,13 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Data, Effect, Either, Option } from "effect"
 import { VERSION } from "../actors/AuthServer.ts"
 import { readIdentityFile } from "../adapters/IdentityFile.ts"
+import * as PgService from "../adapters/PgServiceFile.ts"
 import * as Profiles from "../adapters/TshProfile.ts"
 import * as WebApi from "../adapters/WebApiClient.ts"
 import { generateEcdsaKeyPair, parseCertIdentity } from "../adapters/x509.ts"
 import { certIdentityExtensions, decodeCertificate, IDENTITY_EXTENSIONS, privateKeyToOpenSsh, publicKeyBlob, publicKeyLine } from "../protocols/ssh/cert.ts"
 import { runCli } from "./run.ts"
+import { dbCommand, proxyCommand } from "./tshDb.ts"
 
 class TshError extends Data.TaggedError("TshError")<{ readonly message: string }> {}
 
@@ -339,11 +342,11 @@ const logout = Command.make(
     Effect.gen(function* () {
       const dir = yield* home
       if (Option.isSome(o.proxy)) {
-        const r = yield* Profiles.removeLogin(dir, o.proxy.value).pipe(Effect.mapError(fromProfileError))
+        const r = yield* Profiles.removeLogin(dir, o.proxy.value, { pgServiceFile: PgService.defaultPath() }).pipe(Effect.mapError(fromProfileError))
         if (Option.isNone(r)) return yield* new TshError({ message: `Not logged in to ${Profiles.profileName(o.proxy.value)}.` })
         return yield* Console.log(`Logged out ${r.value.user} from ${r.value.name}.`)
       }
-      const removed = yield* Profiles.removeAllLogins(dir).pipe(Effect.mapError(fromProfileError))
+      const removed = yield* Profiles.removeAllLogins(dir, { pgServiceFile: PgService.defaultPath() }).pipe(Effect.mapError(fromProfileError))
       if (removed.length === 0) return yield* Console.log("All users logged out.")
       yield* Console.log("Logged out all users from all proxies.")
     })
@@ -355,7 +358,7 @@ const version = Command.make("version", {}, () => Console.log(`Remoteler v${VERS
 
 const tsh = root.pipe(
   Command.withDescription("Log in to a Remoteler cluster and reach its databases and servers."),
-  Command.withSubcommands([login, status, logout, version])
+  Command.withSubcommands([login, status, logout, dbCommand, proxyCommand, version])
 )
 
 runCli(Command.run(tsh, { name: "tsh", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)
