@@ -487,6 +487,8 @@ const tunnelConnection = (client: net.Socket, target: () => TunnelTarget, log: (
       dialProxy(
         target(),
         (server) => {
+          // the client may have gone while the proxy was dialed
+          if (client.destroyed) return void server.destroy()
           server.write(pending)
           server.on("error", () => client.destroy())
           client.on("close", () => server.destroy())
