@@ -20,6 +20,7 @@ import * as RbacView from "../domain/RbacView.ts"
 import type { ProjectorShape } from "./Projector.ts"
 import * as Projector from "./Projector.ts"
 import { CertAuthority } from "./CertAuthority.ts"
+import * as DbAccess from "./DbAccess.ts"
 import * as LocalAuth from "./LocalAuth.ts"
 import type { LocalAuthSettings } from "./LocalAuth.ts"
 import { Outbox } from "./Outbox.ts"
@@ -106,7 +107,9 @@ export const make = (settings: AuthSettings) =>
       })
 
     const actor = "admin"
-    const local = LocalAuth.make({ store, projector, ca, settings, write: (stream, a, drafts) => write(stream, a, drafts, "any") })
+    const appendRecord = (stream: string, a: string, drafts: ReadonlyArray<Omit<EventDraft, "actor">>) => write(stream, a, drafts, "any")
+    const local = LocalAuth.make({ store, projector, ca, settings, write: appendRecord })
+    const db = yield* DbAccess.make({ store, projector, ca, clusterName: settings.clusterName, write: appendRecord })
 
     const handlers: Handlers = {
       status: () =>
@@ -238,12 +241,13 @@ export const make = (settings: AuthSettings) =>
 
       "events.replay": () => projector.replay,
 
-      ...local.handlers
+      ...local.handlers,
+      ...db
     }
     return handlers
   })
 
-export const layer = (settings: AuthSettings) => Layer.effect(AuthServer, make(settings))
+export const layer = (settings: AuthSettings) => Layer.scoped(AuthServer, make(settings))
 
 /** Decodes a role for `roles.upsert` from plain JSON (used by tests and tooling). */
 export const decodeRole = Schema.decodeUnknown(Role)

@@ -11,9 +11,15 @@ import * as fs from "node:fs"
 import type * as http from "node:http"
 import type { TLSSocket } from "node:tls"
 import { randomBytes, randomUUID } from "node:crypto"
-import { Effect, Either, Layer, Runtime } from "effect"
+import { Effect, Either, Layer, Runtime, Schema, Stream } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
 import * as ProxyListener from "../adapters/ProxyListener.ts"
+import { Role } from "../domain/Role.ts"
+import { toErrorResponse } from "../protocols/postgres/errors.ts"
+import { CANCEL_TARGET } from "../protocols/tunnel/wire.ts"
+import * as TunnelServer from "./TunnelServer.ts"
+
+const encodeRole = Schema.encodeSync(Role)
 import { Bus } from "../adapters/Bus.ts"
 import { readBody } from "../adapters/internal/httpBody.ts"
 import { invitePageCsp, renderInvitePage, renderMessagePage } from "../adapters/web/invitePage.ts"
@@ -89,7 +95,9 @@ export const make = (settings: ProxyWebSettings) =>
         tls_pub_key: keys.publicKeyPem
       }).pipe(Effect.retry({ times: 20, while: (e) => e._tag === "Unavailable" }), Effect.orDie)
       key = keys.privateKeyPem
-      cert = issued.tls_cert!
+      // The chain includes the host CA, so a joining agent can check it against its --ca-pin.
+      const hostCas = yield* auth("web.trusted_host_cas", {}).pipe(Effect.orDie)
+      cert = issued.tls_cert! + hostCas.tls_ca_certs.join("")
     }
 
     let trusted: { at: number; pems: ReadonlyArray<string> } | undefined
@@ -100,10 +108,31 @@ export const make = (settings: ProxyWebSettings) =>
       return r.tls_ca_certs
     })
 
-    /** The caller's identity from its client certificate, or a 401 that is audited. */
-    const clientIdentity = (req: http.IncomingMessage) =>
+    let trustedHost: { at: number; pems: ReadonlyArray<string> } | undefined
+    const trustedHostCas = Effect.gen(function* () {
+      if (trustedHost !== undefined && Date.now() - trustedHost.at < 2_000) return trustedHost.pems
+      const r = yield* auth("web.trusted_host_cas", {})
+      trustedHost = { at: Date.now(), pems: r.tls_ca_certs }
+      return r.tls_ca_certs
+    })
+
+    /** An agent's identity from its host certificate (host CA, Db or Node role). */
+    const agentIdentity = (socket: TLSSocket) =>
       Effect.gen(function* () {
-        const socket = req.socket as TLSSocket
+        const peer = socket.getPeerCertificate(false)
+        if (peer === null || peer.raw === undefined) return Either.left("a host certificate is required")
+        const pem = X509.toPem(peer.raw, "CERTIFICATE")
+        const verified = yield* Effect.either(X509.verifyChain(pem, yield* trustedHostCas))
+        if (Either.isLeft(verified)) return Either.left(`certificate refused: ${verified.left.message}`)
+        const identity = X509.parseCertIdentity(pem)
+        if (Either.isLeft(identity) || identity.right.hostId === undefined) return Either.left("not a host certificate")
+        return Either.right(identity.right)
+      })
+
+    /** The caller's identity from its client certificate, or a 401 that is audited. */
+    const clientIdentity = (req: http.IncomingMessage) => socketIdentity(req.socket as TLSSocket)
+    const socketIdentity = (socket: TLSSocket) =>
+      Effect.gen(function* () {
         const peer = socket.getPeerCertificate(false)
         const remote = socket.remoteAddress
         if (peer === null || peer.raw === undefined) return Either.left("a client certificate is required")
@@ -175,6 +204,25 @@ export const make = (settings: ProxyWebSettings) =>
           )
           return sendHtml(res, 200, html, nonce)
         }
+        if (method === "GET" && path === "/v1/webapi/databases") {
+          const id = yield* clientIdentity(req)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          return sendJson(res, 200, yield* auth("web.databases", { user: id.right.username }))
+        }
+        if (method === "POST" && path === "/v1/webapi/db/certs") {
+          const id = yield* clientIdentity(req)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          return sendJson(res, 200, yield* auth("web.db_cert", { ...(body as RequestOf<"web.db_cert">), user: id.right.username }))
+        }
+        if (method === "POST" && (path === "/v1/webapi/agent/events" || path === "/v1/webapi/agent/db-client-cert")) {
+          const id = yield* agentIdentity(req.socket as TLSSocket)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          if (id.right.systemRole !== "Db") return sendJson(res, 403, { error: { message: "only database agents may do this" } })
+          const hostId = id.right.hostId!
+          return path === "/v1/webapi/agent/events"
+            ? sendJson(res, 200, yield* auth("web.agent_events", { ...(body as RequestOf<"web.agent_events">), host_id: hostId }))
+            : sendJson(res, 200, yield* auth("web.db_client_cert", { ...(body as RequestOf<"web.db_client_cert">), host_id: hostId }))
+        }
         if (method === "GET" && path === "/v1/webapi/whoami") {
           const id = yield* clientIdentity(req)
           if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
@@ -205,7 +253,107 @@ export const make = (settings: ProxyWebSettings) =>
         )
       )
     }
-    const { port } = yield* ProxyListener.listen(settings.listenAddr, { key, cert }, { http: onRequest, alpn: {} }).pipe(Effect.orDie)
+    // Agents' tunnels: verified against the host CA, then their presence goes to auth.
+    const tunnels = yield* TunnelServer.make({})
+    const reportPresence = (agent: TunnelServer.AgentInfo, state: "connected" | "gone") =>
+      auth("web.agent_presence", {
+        host_id: agent.hostId,
+        node_name: agent.nodeName,
+        state,
+        databases: state === "gone" ? [] : agent.resources.databases.map((d) => ({ name: d.name, protocol: d.protocol, labels: { ...d.labels } }))
+      }).pipe(Effect.catchAll((e) => Effect.logWarning(`could not report agent ${agent.hostId}: ${e.message}`)))
+    yield* tunnels.events.pipe(
+      Stream.runForEach((e) =>
+        e._tag === "AgentDisconnected" ? reportPresence(e.agent, "gone") : reportPresence(e.agent, "connected")
+      ),
+      Effect.forkScoped
+    )
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.sleep("5 seconds").pipe(
+          Effect.zipRight(tunnels.agents),
+          Effect.flatMap((agents) => Effect.forEach(agents, (a) => reportPresence(a, "connected"), { discard: true }))
+        )
+      )
+    )
+    const onTunnel = (socket: TLSSocket) =>
+      void run(
+        trustedHostCas.pipe(
+          Effect.flatMap((cas) => tunnels.acceptVerified(socket, cas)),
+          Effect.catchAll((e) => Effect.logWarning(`tunnel refused: ${e.message}`).pipe(Effect.zipRight(Effect.sync(() => socket.destroy()))))
+        )
+      )
+
+    /** psql on the web port: the database certificate names the route; the agent serving it gets the stream. */
+    const pgError = (socket: TLSSocket, code: string, message: string) =>
+      Effect.sync(() => {
+        socket.end(Buffer.from(toErrorResponse({ severity: "FATAL", code, message })))
+      })
+    const onPostgres = (socket: TLSSocket) =>
+      void run(
+        Effect.gen(function* () {
+          const id = yield* socketIdentity(socket)
+          if (Either.isLeft(id)) return yield* pgError(socket, "28000", id.left)
+          const route = id.right.routeToDatabase
+          if (route === undefined) return yield* pgError(socket, "28000", "the certificate has no database route: run 'tsh db login DB' first")
+          const agents = yield* tunnels.agents
+          const agent = agents.find((a) => a.resources.databases.some((d) => d.name === route.serviceName))
+          if (agent === undefined) return yield* pgError(socket, "08001", `database ${route.serviceName} is not available (no agent serves it now)`)
+          const session = yield* auth("web.db_session", { user: id.right.username })
+          const stream = yield* tunnels.dial(agent.hostId, {
+            kind: "db",
+            name: route.serviceName,
+            meta: {
+              identity: JSON.stringify({
+                username: id.right.username,
+                roles: id.right.roles,
+                traits: session.traits,
+                expires: id.right.expires.toISOString(),
+                routeToDatabase: { serviceName: route.serviceName, protocol: route.protocol, username: route.username, database: route.database }
+              }),
+              roles: JSON.stringify(session.roles.map((r) => encodeRole(r))),
+              session_id: randomUUID(),
+              remote_addr: socket.remoteAddress ?? ""
+            }
+          })
+          socket.pipe(stream)
+          stream.pipe(socket)
+          const close = () => {
+            socket.destroy()
+            stream.destroy()
+          }
+          socket.on("close", close)
+          stream.on("close", close)
+          stream.on("error", close)
+        }).pipe(
+          Effect.catchAll((e) => pgError(socket, "08006", `cannot reach the database: ${e.message}`)),
+          Effect.catchAllDefect((d) => Effect.logError("postgres routing failed", d).pipe(Effect.zipRight(Effect.sync(() => socket.destroy()))))
+        )
+      )
+    // A CancelRequest carries no certificate: every database agent gets it, and the one whose
+    // session owns that key cancels the query.
+    const onCancel = (pid: number, secret: Uint8Array) =>
+      void run(
+        Effect.flatMap(tunnels.agents, (agents) =>
+          Effect.forEach(
+            agents.filter((a) => a.resources.databases.length > 0),
+            (a) =>
+              tunnels
+                .dial(a.hostId, { kind: "db", name: CANCEL_TARGET, meta: { pid: String(pid), secret: Buffer.from(secret).toString("hex") } })
+                .pipe(
+                  Effect.map((stream) => stream.end()),
+                  Effect.ignore
+                ),
+            { discard: true, concurrency: "unbounded" }
+          )
+        )
+      )
+
+    const { port } = yield* ProxyListener.listen(
+      settings.listenAddr,
+      { key, cert },
+      { http: onRequest, alpn: { "remoteler-tunnel": onTunnel, "remoteler-postgres": onPostgres }, postgres: onPostgres, postgresCancel: onCancel }
+    ).pipe(Effect.orDie)
     yield* Effect.logInfo(`proxy web listener on ${settings.listenAddr.replace(/:\d+$/, "")}:${port}`)
     return { port }
   })

@@ -100,7 +100,9 @@ export const resolve = (flags: StartFlags): Effect.Effect<ResolvedConfig, Config
       secondFactor: file.auth_service?.authentication?.second_factor ?? "otp",
       proxy: file.proxy_service ?? {},
       db: file.db_service ?? {},
-      ssh: file.ssh_service ?? {}
+      ssh: file.ssh_service ?? {},
+      proxyServer: file.remoteler?.proxy_server,
+      authToken: file.remoteler?.auth_token
     } satisfies ResolvedConfig
   })
 

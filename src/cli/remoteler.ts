@@ -6,9 +6,13 @@
 import "reflect-metadata"
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
+import * as fs from "node:fs"
 import * as os from "node:os"
+import * as DbAgent from "../actors/DbAgent.ts"
+import * as AgentIdentity from "../adapters/AgentIdentity.ts"
+import * as X509 from "../adapters/x509.ts"
 import * as CertAuthority from "../actors/CertAuthority.ts"
 import * as Outbox from "../actors/Outbox.ts"
 import * as ProxyWeb from "../actors/ProxyWeb.ts"
@@ -86,6 +90,57 @@ const authLayer = (cfg: ResolvedConfig) => {
 
 const DEFAULT_WEB_LISTEN = "0.0.0.0:3080"
 
+/** Databases from `db_service.databases` and `--db` flags. */
+const agentDatabases = (cfg: ResolvedConfig, flags: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const out: Array<DbAgent.AgentDatabase> = []
+    for (const d of cfg.db.databases ?? []) {
+      out.push({
+        name: d.name,
+        protocol: d.protocol,
+        uri: d.uri,
+        description: d.description,
+        labels: { ...d.static_labels },
+        tls: {
+          mode: d.tls?.mode ?? "verify-full",
+          caCertPem: d.tls?.ca_cert_file === undefined ? undefined : fs.readFileSync(d.tls.ca_cert_file, "utf8")
+        }
+      })
+    }
+    for (const spec of flags) {
+      const fields: Record<string, string> = {}
+      const labels: Record<string, string> = {}
+      for (const part of spec.split(",")) {
+        const eq = part.indexOf("=")
+        if (eq < 0) return yield* Effect.fail(new Error(`--db: expected key=value in ${JSON.stringify(part)}`))
+        const k = part.slice(0, eq)
+        const v = part.slice(eq + 1)
+        if (k === "label" || k === "labels") {
+          const [lk, lv] = v.split(":")
+          if (lk === undefined || lv === undefined) return yield* Effect.fail(new Error(`--db: labels are key:value, got ${JSON.stringify(v)}`))
+          labels[lk] = lv
+        } else fields[k] = v
+      }
+      const unknown = Object.keys(fields).filter((k) => !["name", "protocol", "uri", "tls", "ca", "description"].includes(k))
+      if (unknown.length > 0) return yield* Effect.fail(new Error(`--db: unknown key ${unknown[0]}`))
+      if (fields["name"] === undefined || fields["uri"] === undefined) return yield* Effect.fail(new Error("--db needs name= and uri="))
+      const protocol = fields["protocol"] ?? "postgres"
+      if (protocol !== "postgres") return yield* Effect.fail(new Error(`--db: protocol ${protocol} is not available in this version (postgres is)`))
+      const mode = fields["tls"] ?? "verify-full"
+      if (mode !== "verify-full" && mode !== "verify-ca" && mode !== "insecure") return yield* Effect.fail(new Error(`--db: tls must be verify-full, verify-ca or insecure`))
+      out.push({
+        name: fields["name"],
+        protocol,
+        uri: fields["uri"],
+        description: fields["description"],
+        labels,
+        tls: { mode, caCertPem: fields["ca"] === undefined ? undefined : fs.readFileSync(fields["ca"], "utf8") }
+      })
+    }
+    if (out.length === 0) return yield* Effect.fail(new Error("the db agent serves no database: give --db=... or db_service.databases"))
+    return out
+  })
+
 /** host:port users reach the proxy on: `public_addr`, else the listen address with this host's name. */
 const proxyPublicAddr = (cfg: ResolvedConfig): string => {
   const pa = cfg.proxy.public_addr
@@ -117,6 +172,14 @@ const start = Command.make(
     storage: Options.text("storage").pipe(Options.withDescription("event store: postgres://... (cluster) or sqlite://PATH (default: SQLite in the data dir)"), Options.optional),
     nats: Options.text("nats").pipe(Options.withDescription("NATS bus URL, nats://[user:pass@]host:port (default: in-process bus)"), Options.optional),
     clusterName: Options.text("cluster-name").pipe(Options.withDescription("cluster name (default main)"), Options.optional),
+    proxy: Options.text("proxy").pipe(Options.withDescription("agents: the proxy to join and tunnel to, HOST[:PORT]"), Options.optional),
+    token: Options.text("token").pipe(Options.withDescription("agents: join token from 'tctl tokens add' (needed once)"), Options.optional),
+    caPin: Options.text("ca-pin").pipe(Options.withDescription("agents: sha256:... pin of the cluster's host CA, checked before the token is sent"), Options.optional),
+    db: Options.text("db").pipe(
+      Options.withDescription("db agent: a database, name=NAME,protocol=postgres,uri=HOST:PORT[,label=K:V...][,tls=verify-full|verify-ca|insecure][,ca=FILE]"),
+      Options.repeated
+    ),
+    nodename: Options.text("nodename").pipe(Options.withDescription("agents: the name this agent joins as (default: host name)"), Options.optional),
     debug: Options.boolean("debug").pipe(Options.withDescription("verbose logging"))
   },
   (flags) =>
@@ -129,9 +192,37 @@ const start = Command.make(
         nats: Option.getOrUndefined(flags.nats),
         clusterName: Option.getOrUndefined(flags.clusterName)
       })
-      const unsupported = [...cfg.roles].filter((r) => r !== "auth" && r !== "proxy")
+      const unsupported = [...cfg.roles].filter((r) => r === "node")
       if (unsupported.length > 0) {
-        return yield* Effect.fail(new Error(`role ${unsupported.join(", ")} is not available in this version; run --roles=auth,proxy`))
+        return yield* Effect.fail(new Error(`role ${unsupported.join(", ")} is not available in this version; run --roles=auth,proxy,db`))
+      }
+      if (cfg.roles.has("db")) {
+        if (cfg.roles.size > 1) return yield* Effect.fail(new Error("run the db agent in a process of its own: --roles=db"))
+        yield* DataDir.acquire(cfg.dataDir)
+        const databases = yield* agentDatabases(cfg, flags.db)
+        const proxy = Option.getOrUndefined(flags.proxy) ?? cfg.proxyServer
+        if (proxy === undefined) return yield* Effect.fail(new Error("the db agent needs --proxy=HOST:PORT"))
+        const identity = yield* AgentIdentity.loadOrJoin({
+          dataDir: cfg.dataDir,
+          proxy,
+          role: "db",
+          nodeName: Option.getOrUndefined(flags.nodename) ?? os.hostname(),
+          token: Option.getOrUndefined(flags.token) ?? cfg.authToken,
+          caPin: Option.getOrUndefined(flags.caPin)
+        })
+        const clusterName = Either.getOrElse(
+          Either.map(X509.parseCertIdentity(identity.certPem), (i) => i.routeToCluster),
+          () => cfg.clusterName
+        )
+        return yield* Layer.launch(
+          DbAgent.layer({ dataDir: cfg.dataDir, proxy, clusterName, identity, databases }).pipe(
+            Layer.tap(() =>
+              Console.log(
+                `remoteler: db agent ${identity.hostId} (${identity.nodeName}) serving ${databases.map((d) => d.name).join(", ")} through ${proxy}`
+              )
+            )
+          )
+        )
       }
       if (cfg.roles.has("proxy") && !cfg.roles.has("auth") && cfg.nats === undefined) {
         return yield* Effect.fail(new Error("a proxy without the auth role in the same process reaches auth over NATS: give --nats"))
@@ -170,4 +261,4 @@ const root = Command.make("remoteler").pipe(
   Command.withSubcommands([start])
 )
 
-runCli(Command.run(root, { name: "remoteler", version: AuthServer.VERSION }), NodeContext.layer, NodeRuntime.runMain)
+runCli(Command.run(root, { name: "remoteler", version: AuthServer.VERSION }), NodeContext.layer, NodeRuntime.runMain, ["db"])

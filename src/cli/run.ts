@@ -11,13 +11,24 @@ const messageOf = (e: unknown): string =>
     ? e.message
     : String(e)
 
+/**
+ * @effect/cli reads a repeated option only as `--name value`; people write `--name=value` too,
+ * so that form is split before parsing.
+ */
+export const splitRepeated = (argv: ReadonlyArray<string>, names: ReadonlyArray<string>): ReadonlyArray<string> =>
+  argv.flatMap((arg) => {
+    const name = names.find((n) => arg.startsWith(`--${n}=`))
+    return name === undefined ? [arg] : [`--${name}`, arg.slice(name.length + 3)]
+  })
+
 export const runCli = <E, R>(
   program: (argv: ReadonlyArray<string>) => Effect.Effect<void, E, R>,
   context: Layer.Layer<R>,
-  runMain: (effect: Effect.Effect<void>) => void
+  runMain: (effect: Effect.Effect<void>) => void,
+  repeatedOptions: ReadonlyArray<string> = []
 ) =>
   runMain(
-    program(process.argv).pipe(
+    program(splitRepeated(process.argv, repeatedOptions)).pipe(
       Effect.catchAllCause((cause) => {
         if (Cause.isInterruptedOnly(cause)) return Effect.void
         const failure = Cause.failureOption(cause)

@@ -10,6 +10,7 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Either, Option, Schema } from "effect"
 import { VERSION } from "../actors/AuthServer.ts"
 import { call } from "../adapters/AuthApiHttp.ts"
+import { caPin } from "../adapters/AgentIdentity.ts"
 import { adminSocketPath } from "../adapters/DataDir.ts"
 import type { AuthMethod, RequestOf, User } from "../domain/AuthApi.ts"
 import { BadParameter } from "../domain/Errors.ts"
@@ -533,10 +534,12 @@ const tokensAdd = Command.make(
       const ttl = yield* durationSeconds("ttl", o.ttl)
       const t = yield* auth("tokens.create", { roles: roles as ["db" | "node"], ttl_seconds: ttl })
       const role = roles[0]
+      const hostCa = (yield* auth("ca.list", {})).find((c) => c.type === "host")
+      const pin = hostCa === undefined ? "" : ` --ca-pin=${caPin(hostCa.active.tls_cert)}`
       const example =
         role === "db"
-          ? `remoteler start --roles=db --proxy=${t.proxy} --token=${t.token} --data-dir=/var/lib/remoteler-db --db=name=pg1,protocol=postgres,uri=127.0.0.1:5432`
-          : `remoteler start --roles=node --proxy=${t.proxy} --token=${t.token} --data-dir=/var/lib/remoteler-node`
+          ? `remoteler start --roles=db --proxy=${t.proxy} --token=${t.token}${pin} --data-dir=/var/lib/remoteler-db --db=name=pg1,protocol=postgres,uri=127.0.0.1:5432`
+          : `remoteler start --roles=node --proxy=${t.proxy} --token=${t.token}${pin} --data-dir=/var/lib/remoteler-node`
       yield* Console.log(
         [
           `The invite token: ${t.token}`,

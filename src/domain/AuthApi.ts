@@ -6,7 +6,7 @@
 import { Schema } from "effect"
 import { CaKeySet, CaType, JoinRole, RotationPhase } from "./Event.ts"
 import { Role, Traits } from "./Role.ts"
-import { FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
+import { DatabasesResponse, DbCertRequest, DbCertResponse, FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
 
 export const User = Schema.Struct({
   name: Schema.String,
@@ -137,6 +137,37 @@ export const AuthMethods = {
     }),
     response: Schema.extend(SignResponse, Schema.Struct({ host_id: Schema.String }))
   },
+  "web.trusted_host_cas": { request: Empty, response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String) }) },
+  "web.agent_presence": {
+    request: Schema.Struct({
+      host_id: Schema.String,
+      node_name: Schema.String,
+      state: Schema.Literal("connected", "gone"),
+      databases: Schema.Array(
+        Schema.Struct({ name: Schema.String, protocol: Schema.String, labels: Schema.Record({ key: Schema.String, value: Schema.String }) })
+      )
+    }),
+    response: Empty
+  },
+  "web.databases": { request: Schema.Struct({ user: Schema.String }), response: DatabasesResponse },
+  "web.db_cert": { request: Schema.extend(DbCertRequest, Schema.Struct({ user: Schema.String })), response: DbCertResponse },
+  "web.db_session": {
+    request: Schema.Struct({ user: Schema.String }),
+    response: Schema.Struct({ roles: Schema.Array(Role), traits: Traits })
+  },
+  "web.db_client_cert": {
+    request: Schema.Struct({ host_id: Schema.String, db_user: Schema.String, tls_pub_key: Schema.String }),
+    response: Schema.Struct({ tls_cert: Schema.String, tls_ca_certs: Schema.Array(Schema.String), expires: Schema.String })
+  },
+  "web.agent_events": {
+    request: Schema.Struct({
+      host_id: Schema.String,
+      events: Schema.Array(
+        Schema.Struct({ id: Schema.UUID, type: Schema.String, code: Schema.String, time: Schema.String, payload: Schema.Unknown })
+      )
+    }),
+    response: Schema.Struct({ stored: Schema.Number })
+  },
   "web.cert_refused": {
     request: Schema.Struct({ user: Schema.String, reason: Schema.String, remote_addr: Schema.optional(Schema.String) }),
     response: Empty
@@ -183,5 +214,12 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.proxy_cert",
   "web.trusted_user_cas",
   "web.cert_refused",
-  "web.join"
+  "web.join",
+  "web.trusted_host_cas",
+  "web.agent_presence",
+  "web.databases",
+  "web.db_cert",
+  "web.db_session",
+  "web.db_client_cert",
+  "web.agent_events"
 ]

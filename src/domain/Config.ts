@@ -123,4 +123,7 @@ export interface ResolvedConfig {
   readonly proxy: typeof ProxyServiceConfig.Type
   readonly db: typeof DbServiceConfig.Type
   readonly ssh: typeof SshServiceConfig.Type
+  /** Agents: the proxy to join and tunnel to, and the join token. */
+  readonly proxyServer: string | undefined
+  readonly authToken: string | undefined
 }

@@ -121,6 +121,45 @@ export const InstanceJoin = Schema.Struct({
   "addr.remote": Schema.optional(Schema.String)
 })
 
+/** A database or node that an agent advertises, as the inventory first saw it, or last saw it. */
+export const ResourcePresence = Schema.Struct({
+  kind: Schema.Literal("db", "node"),
+  name: Schema.String,
+  host_id: Schema.String,
+  protocol: Schema.optional(Schema.String),
+  labels: Schema.Record({ key: Schema.String, value: Schema.String })
+})
+
+/**
+ * A database session event as agents report them, with Teleport's field names. Agents are
+ * trusted for what happened in a session, not for who they are: the proxy stamps `server_id`
+ * from the agent's verified certificate.
+ */
+const DbSessionFields = {
+  user: Schema.String,
+  sid: Schema.String,
+  server_id: Schema.String,
+  db_service: Schema.String,
+  db_protocol: Schema.String,
+  db_uri: Schema.optional(Schema.String),
+  db_user: Schema.String,
+  db_name: Schema.optional(Schema.String),
+  success: Schema.optional(Schema.Boolean),
+  error: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String),
+  /** Event index within the session. */
+  ei: Schema.optional(Schema.Number),
+  /** Why a session ended, when it did not end normally. */
+  reason: Schema.optional(Schema.String)
+}
+export const DbSessionStart = Schema.Struct(DbSessionFields)
+export const DbSessionQuery = Schema.Struct({
+  ...DbSessionFields,
+  db_query: Schema.String,
+  db_query_parameters: Schema.optional(Schema.Array(Schema.NullOr(Schema.String)))
+})
+export const DbSessionEnd = Schema.Struct(DbSessionFields)
+
 /**
  * The registry: every event type with its code and payload schema. Adding an event type means
  * adding a row here; an event whose type or payload does not decode stops replay at its seq.
@@ -144,7 +183,13 @@ export const EventTypes = {
   "join_token.create": { code: "TJT00I", payload: JoinTokenCreated },
   "join_token.delete": { code: "TJT01I", payload: JoinTokenDeleted },
   // TJ001E on failure
-  "instance.join": { code: "TJ001I", payload: InstanceJoin }
+  "instance.join": { code: "TJ001I", payload: InstanceJoin },
+  "resource.appeared": { code: "TRS00I", payload: ResourcePresence },
+  "resource.expired": { code: "TRS01I", payload: ResourcePresence },
+  // TDB00W when denied
+  "db.session.start": { code: "TDB00I", payload: DbSessionStart },
+  "db.session.query": { code: "TDB02I", payload: DbSessionQuery },
+  "db.session.end": { code: "TDB01I", payload: DbSessionEnd }
 } as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
 
 export type EventType = keyof typeof EventTypes
@@ -171,7 +216,12 @@ export const DomainEvent = Schema.Union(
   variant("auth"),
   variant("join_token.create"),
   variant("join_token.delete"),
-  variant("instance.join")
+  variant("instance.join"),
+  variant("resource.appeared"),
+  variant("resource.expired"),
+  variant("db.session.start"),
+  variant("db.session.query"),
+  variant("db.session.end")
 )
 export type DomainEvent = typeof DomainEvent.Type
 

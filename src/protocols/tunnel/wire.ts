@@ -36,6 +36,9 @@ import { Either, Schema } from "effect"
 /** The ALPN protocol the agent offers and the proxy's listener routes on. */
 export const ALPN = "remoteler-tunnel"
 
+/** The db dial target that carries a PostgreSQL CancelRequest (it has no certificate, so no route). */
+export const CANCEL_TARGET = "__cancel__"
+
 export const Path = {
   dial: "/dial",
   resources: "/resources"

@@ -1,0 +1,243 @@
+/**
+ * Database access on the auth side: the inventory of databases that agents advertise (presence
+ * is ephemeral; first appearance and expiry are events), database certificates for users, the
+ * roles an agent needs to decide a session, short-lived upstream client certificates from the db
+ * CA, and the audit events agents upload.
+ */
+import { Effect, Option, Schema } from "effect"
+import type { EventStoreShape } from "../adapters/EventStore.ts"
+import type { Handlers } from "../adapters/AuthApiHttp.ts"
+import * as X509 from "../adapters/x509.ts"
+import type { ApiError } from "../domain/Errors.ts"
+import { BadParameter, Forbidden, NotFound, Unavailable } from "../domain/Errors.ts"
+import * as Event from "../domain/Event.ts"
+import { EventTypes } from "../domain/Event.ts"
+import type { EventDraft } from "../adapters/EventStore.ts"
+import { matchLabels } from "../domain/Labels.ts"
+import { RouteToDatabase } from "../domain/Identity.ts"
+import { maxSessionTtl } from "../domain/Rbac.ts"
+import * as RbacView from "../domain/RbacView.ts"
+import { expandValues } from "../domain/Template.ts"
+import type { CertAuthorityShape } from "./CertAuthority.ts"
+import type { ProjectorShape } from "./Projector.ts"
+
+/** An agent that has not been heard of for this long is gone, and its databases expire. */
+export const PRESENCE_TTL_MS = 15_000
+
+interface PresentDb {
+  readonly name: string
+  readonly protocol: string
+  readonly labels: Readonly<Record<string, string>>
+  readonly hostId: string
+  readonly nodeName: string
+  lastSeen: number
+}
+
+type DbHandlers = Pick<
+  Handlers,
+  | "web.trusted_host_cas"
+  | "web.agent_presence"
+  | "web.databases"
+  | "web.db_cert"
+  | "web.db_session"
+  | "web.db_client_cert"
+  | "web.agent_events"
+>
+
+const DB_EVENT_TYPES = new Set(["db.session.start", "db.session.query", "db.session.end"])
+
+export const make = (deps: {
+  readonly store: EventStoreShape
+  readonly projector: ProjectorShape<RbacView.RbacView>
+  readonly ca: CertAuthorityShape
+  readonly clusterName: string
+  readonly write: (stream: string, actor: string, drafts: ReadonlyArray<Omit<EventDraft, "actor">>) => Effect.Effect<void, ApiError>
+}) =>
+  Effect.gen(function* () {
+    const { store, projector, ca, clusterName, write } = deps
+    /** Keyed by `hostId/name`: the same database name served by two agents is two entries. */
+    const inventory = new Map<string, PresentDb>()
+
+    const presence = (kind: "appeared" | "expired", db: PresentDb) =>
+      write(`resource/db/${db.name}`, "system", [
+        Event.make(kind === "appeared" ? "resource.appeared" : "resource.expired", {
+          kind: "db",
+          name: db.name,
+          host_id: db.hostId,
+          protocol: db.protocol,
+          labels: { ...db.labels }
+        })
+      ]).pipe(Effect.catchAll((e) => Effect.logWarning(`could not record ${kind} of ${db.name}: ${e.message}`)))
+
+    // Expiry: agents are refreshed by the proxy's heartbeats; silence past the TTL removes them.
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Effect.gen(function* () {
+          yield* Effect.sleep("2 seconds")
+          const now = Date.now()
+          for (const [key, db] of inventory) {
+            if (now - db.lastSeen > PRESENCE_TTL_MS) {
+              inventory.delete(key)
+              yield* presence("expired", db)
+            }
+          }
+        })
+      )
+    )
+
+    const requireUser = (name: string) =>
+      Effect.flatMap(projector.state, (v) =>
+        Option.match(RbacView.userOf(v, name), {
+          onNone: () => Effect.fail(new Forbidden({ message: `user ${JSON.stringify(name)} does not exist` })),
+          onSome: (u) => Effect.succeed({ user: u, roles: RbacView.resolveRoles(v, u.roles) })
+        })
+      )
+
+    const handlers: DbHandlers = {
+      "web.trusted_host_cas": () => Effect.map(ca.trustedTlsCerts("host"), (tls_ca_certs) => ({ tls_ca_certs })),
+
+      "web.agent_presence": (req) =>
+        Effect.gen(function* () {
+          const now = Date.now()
+          const current = new Set<string>()
+          if (req.state === "connected") {
+            for (const d of req.databases) {
+              const key = `${req.host_id}/${d.name}`
+              current.add(key)
+              const known = inventory.get(key)
+              if (known !== undefined) known.lastSeen = now
+              else {
+                const db: PresentDb = { name: d.name, protocol: d.protocol, labels: d.labels, hostId: req.host_id, nodeName: req.node_name, lastSeen: now }
+                inventory.set(key, db)
+                yield* presence("appeared", db)
+              }
+            }
+          }
+          // Databases this agent no longer advertises (or all, when it is gone) expire now.
+          for (const [key, db] of inventory) {
+            if (db.hostId === req.host_id && !current.has(key)) {
+              inventory.delete(key)
+              yield* presence("expired", db)
+            }
+          }
+          return {}
+        }),
+
+      "web.databases": (req) =>
+        Effect.gen(function* () {
+          const { user, roles } = yield* requireUser(req.user)
+          const visible = [...inventory.values()].filter((db) => roles.some((r) => matchLabels(r.spec.allow?.db_labels, db.labels)))
+          const byName = new Map<string, PresentDb>()
+          for (const db of visible) if (!byName.has(db.name)) byName.set(db.name, db)
+          return {
+            databases: [...byName.values()]
+              .sort((a, b) => a.name.localeCompare(b.name))
+              .map((db) => ({
+                name: db.name,
+                description: db.labels["description"] ?? "",
+                protocol: db.protocol,
+                labels: { ...db.labels },
+                allowed_users: [
+                  ...new Set(
+                    roles
+                      .filter((r) => matchLabels(r.spec.allow?.db_labels, db.labels))
+                      .flatMap((r) => expandValues(r.spec.allow?.db_users, user.traits))
+                  )
+                ].sort(),
+                host_id: db.hostId
+              }))
+          }
+        }),
+
+      "web.db_cert": (req) =>
+        Effect.gen(function* () {
+          const { user, roles } = yield* requireUser(req.user)
+          const db = [...inventory.values()].find((d) => d.name === req.service_name)
+          if (db === undefined) return yield* new NotFound({ message: `database ${JSON.stringify(req.service_name)} is not available; see 'tsh db ls'` })
+          const ttl = Math.min((req.ttl_seconds ?? 12 * 3600) * 1000, maxSessionTtl(roles))
+          const expires = new Date(Date.now() + ttl)
+          const issued = yield* ca.signUser({
+            username: user.name,
+            roles: user.roles,
+            logins: [],
+            traits: user.traits,
+            tlsPublicKey: req.tls_pub_key,
+            expires,
+            routeToDatabase: new RouteToDatabase({
+              serviceName: db.name,
+              protocol: db.protocol,
+              username: req.db_user,
+              database: req.db_name ?? ""
+            })
+          })
+          yield* write(`user/${user.name}`, user.name, [
+            Event.make("cert.create", {
+              cert_type: "db",
+              user: user.name,
+              identity: {
+                user: user.name,
+                roles: user.roles,
+                logins: [],
+                expires: expires.toISOString(),
+                route_to_cluster: clusterName,
+                db_service: db.name,
+                db_user: req.db_user,
+                ...(req.db_name === undefined ? {} : { db_name: req.db_name })
+              }
+            })
+          ])
+          return { tls_cert: issued.tlsCert!, tls_ca_certs: yield* ca.trustedTlsCerts("host"), expires: expires.toISOString(), protocol: db.protocol }
+        }),
+
+      "web.db_session": (req) =>
+        Effect.map(requireUser(req.user), ({ user, roles }) => ({ roles, traits: user.traits })),
+
+      "web.db_client_cert": (req) =>
+        Effect.gen(function* () {
+          // The engine logs in upstream as the database user: a short certificate from the db CA.
+          const dbCa = yield* ca.get("db")
+          const signing = RbacView.signingKeys(dbCa)
+          const key = yield* store.getSecret(`ca/${signing.key_id}/tls`).pipe(Effect.mapError((e) => new Unavailable({ message: e.message })))
+          if (key === undefined) return yield* new Unavailable({ message: "db CA key is missing" })
+          const expires = new Date(Date.now() + 3600_000)
+          const issued = yield* X509.signUserCert({
+            caCert: signing.tls_cert,
+            caKey: new TextDecoder().decode(key),
+            publicKey: req.tls_pub_key,
+            identity: { username: req.db_user, roles: [], logins: [], routeToCluster: clusterName, traits: {} },
+            notAfter: expires
+          }).pipe(Effect.mapError((e) => new BadParameter({ message: `cannot sign: ${e.message}` })))
+          return { tls_cert: issued.pem, tls_ca_certs: yield* ca.trustedTlsCerts("db"), expires: expires.toISOString() }
+        }),
+
+      "web.agent_events": (req) =>
+        Effect.gen(function* () {
+          let stored = 0
+          for (const e of req.events) {
+            if (!DB_EVENT_TYPES.has(e.type)) return yield* new BadParameter({ message: `agents may not report ${e.type}` })
+            const schema = EventTypes[e.type as keyof typeof EventTypes].payload as Schema.Schema<unknown, unknown>
+            const payload: Record<string, unknown> = { ...(e.payload as Record<string, unknown>), server_id: req.host_id }
+            const ok = Schema.decodeUnknownEither(schema)(payload)
+            if (ok._tag === "Left") return yield* new BadParameter({ message: `bad ${e.type} event from agent ${req.host_id}` })
+            const sid = String(payload["sid"])
+            // A retried upload repeats ids: the store refuses those, which means they are already in.
+            const appended = yield* Effect.either(
+              store.append({
+                stream: `session/${sid}`,
+                expectedVersion: "any",
+                events: [{ id: e.id, time: e.time, type: e.type, code: e.code, actor: req.host_id, payload }]
+              })
+            )
+            if (appended._tag === "Left" && !/already exists/.test(appended.left.message)) {
+              return yield* new Unavailable({ message: `event store: ${appended.left.message}` })
+            }
+            if (appended._tag === "Right") {
+              stored++
+              yield* projector.awaitSeq(appended.right[appended.right.length - 1]!.seq).pipe(Effect.ignore)
+            }
+          }
+          return { stored }
+        })
+    }
+    return handlers
+  })

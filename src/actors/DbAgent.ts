@@ -1,0 +1,111 @@
+/**
+ * The database agent: joins once (see AgentIdentity), dials the proxy's reverse tunnel, advertises
+ * its databases, and runs one protocol engine per session the proxy opens through the tunnel.
+ * Audit events go to a durable buffer in the data dir first; an uploader sends them to auth
+ * through the proxy and drops them only once auth has stored them.
+ */
+import { randomUUID } from "node:crypto"
+import { Duration, Effect, Layer, Schema, Schedule } from "effect"
+import type { AgentIdentity } from "../adapters/AgentIdentity.ts"
+import { agentPost, parseProxy } from "../adapters/AgentIdentity.ts"
+import * as AuditBuffer from "../adapters/AuditBuffer.ts"
+import * as X509 from "../adapters/x509.ts"
+import { Role } from "../domain/Role.ts"
+import type { SessionDatabase, SessionIdentity } from "../protocols/engine.ts"
+import { EngineError, engineFor, engines } from "../protocols/engine.ts"
+import { cancelRequest } from "../protocols/postgres/engine.ts"
+import { CANCEL_TARGET, DatabaseResource, Resources } from "../protocols/tunnel/wire.ts"
+import * as TunnelAgent from "./TunnelAgent.ts"
+
+export interface AgentDatabase extends SessionDatabase {
+  readonly description?: string | undefined
+}
+
+const decodeRoles = Schema.decodeUnknownSync(Schema.Array(Role))
+
+export const make = (options: {
+  readonly dataDir: string
+  readonly proxy: string
+  readonly clusterName: string
+  readonly identity: AgentIdentity
+  readonly databases: ReadonlyArray<AgentDatabase>
+}) =>
+  Effect.gen(function* () {
+    const { identity, proxy } = options
+    const buffer = AuditBuffer.open(options.dataDir)
+    yield* Effect.addFinalizer(() => buffer.close)
+
+    // Uploads the buffer in order; a failure leaves everything in place for the next round.
+    const upload = Effect.gen(function* () {
+      for (;;) {
+        const { events, next } = yield* buffer.pending(200)
+        if (events.length === 0) return
+        yield* agentPost(proxy, identity, "/v1/webapi/agent/events", { events })
+        yield* buffer.acknowledge(next)
+      }
+    })
+    yield* upload.pipe(
+      Effect.catchAll((e) => Effect.logDebug(`audit upload deferred: ${e.message}`)),
+      Effect.repeat(Schedule.spaced(Duration.millis(500))),
+      Effect.forkScoped
+    )
+
+    const issueClientCert = (dbUser: string) =>
+      Effect.gen(function* () {
+        const keys = yield* X509.generateEcdsaKeyPair()
+        const r = (yield* agentPost(proxy, identity, "/v1/webapi/agent/db-client-cert", {
+          db_user: dbUser,
+          tls_pub_key: keys.publicKeyPem
+        })) as { tls_cert: string; tls_ca_certs: ReadonlyArray<string> }
+        return { certPem: r.tls_cert, keyPem: keys.privateKeyPem, caPems: r.tls_ca_certs }
+      }).pipe(Effect.mapError((e) => new EngineError({ reason: "UpstreamAuth", message: `cannot get a certificate for db user ${dbUser}: ${e.message}`, cause: e })))
+
+    const byName = new Map(options.databases.map((d) => [d.name, d]))
+    const target = parseProxy(proxy)
+    const agent = yield* TunnelAgent.make({
+      host: target.host,
+      port: target.port,
+      cert: identity.certPem,
+      key: identity.keyPem,
+      ca: identity.caPems,
+      resources: new Resources({
+        databases: options.databases.map(
+          (d) =>
+            new DatabaseResource({
+              name: d.name,
+              protocol: d.protocol,
+              labels: { ...d.labels, ...(d.description === undefined ? {} : { description: d.description }) }
+            })
+        )
+      }),
+      onDial: ({ target: t, stream }) =>
+        Effect.gen(function* () {
+          if (t.name === CANCEL_TARGET) {
+            yield* cancelRequest(Number(t.meta["pid"]), new Uint8Array(Buffer.from(t.meta["secret"] ?? "", "hex")))
+            return
+          }
+          const database = byName.get(t.name)
+          const engine = database === undefined ? undefined : engineFor(engines, database.protocol)
+          if (database === undefined || engine === undefined) return yield* Effect.fail(new Error(`no engine for ${t.name}`))
+          const raw = JSON.parse(t.meta["identity"] ?? "{}") as Omit<SessionIdentity, "expires"> & { expires: string }
+          const sessionIdentity: SessionIdentity = { ...raw, expires: new Date(raw.expires) }
+          const roles = decodeRoles(JSON.parse(t.meta["roles"] ?? "[]"))
+          yield* Effect.scoped(
+            engine.handleSession({
+              client: stream,
+              identity: sessionIdentity,
+              roles,
+              database,
+              issueClientCert,
+              audit: (e) => buffer.append({ type: e.type, code: e.code, payload: { ...e.fields } }),
+              sessionId: t.meta["session_id"] ?? randomUUID(),
+              clusterName: options.clusterName,
+              hostId: identity.hostId
+            })
+          )
+        })
+    })
+    return agent
+  })
+
+export const layer = (options: Parameters<typeof make>[0]) => Layer.scopedDiscard(make(options))
