@@ -97,8 +97,24 @@ export interface ChainedFields {
 }
 
 /** Serialises an event for storage and computes its hash. */
-export const seal = (fields: ChainedFields): { readonly body: string; readonly hash: string } => {
-  const body = canonicalize(fields)
+export const seal = (fields: ChainedFields): { readonly body: string; readonly hash: string } =>
+  sealCanonical(fields, canonicalize(fields.payload))
+
+/**
+ * `seal` with the payload already canonical (`canonicalize(fields.payload)`): appenders
+ * canonicalise payloads in their own fibers, so the commit, which must run in order, only
+ * writes the members out and hashes. They are written in RFC 8785 order (actor, code, id,
+ * payload, prev_hash, seq, stream, time, type, version), which yields the bytes
+ * `canonicalize(fields)` would; test/property/canonical.test.ts checks that.
+ */
+export const sealCanonical = (
+  fields: Omit<ChainedFields, "payload">,
+  payloadJson: string
+): { readonly body: string; readonly hash: string } => {
+  const body = `{"actor":${serialize(fields.actor, [])},"code":${serialize(fields.code, [])},"id":${serialize(fields.id, [])},` +
+    `"payload":${payloadJson},"prev_hash":${serialize(fields.prev_hash, [])},"seq":${serialize(fields.seq, [])},` +
+    `"stream":${serialize(fields.stream, [])},"time":${serialize(fields.time, [])},"type":${serialize(fields.type, [])},` +
+    `"version":${serialize(fields.version, [])}}`
   return { body, hash: sha256Hex(body) }
 }
 

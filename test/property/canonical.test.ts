@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import canonicalizePackage from "canonicalize"
 import { FastCheck as fc } from "effect"
-import { canonicalize, seal } from "../../src/domain/Chain.ts"
+import { canonicalize, seal, sealCanonical, sha256Hex } from "../../src/domain/Chain.ts"
 
 /** What the package makes of a value: its output, or that it refused. */
 const oracle = (value: unknown): string | "throws" => {
@@ -76,9 +76,31 @@ describe("canonical JSON (RFC 8785)", () => {
     expect(canonicalize(JSON.parse(out))).toBe(out)
   })
 
-  it.prop("seal covers the canonical body", [fc.jsonValue({ maxDepth: 3 })], ([payload]) => {
-    const fields = { seq: 1, id: "i", type: "t", code: "c", time: "2024-01-01T00:00:00.000Z", stream: "s", version: 1, actor: "a", payload, prev_hash: "0".repeat(64) }
-    expect(seal(fields).body).toBe(oracle(fields))
+  it.prop("seal writes out the canonical body of the fields, whatever their text", [
+    fc.record({
+      seq: fc.nat(),
+      id: text,
+      type: text,
+      code: text,
+      time: text,
+      stream: text,
+      version: fc.nat(),
+      actor: text,
+      payload: jsonOf(text),
+      prev_hash: fc.stringMatching(/^[0-9a-f]{64}$/)
+    })
+  ], ([fields]) => {
+    const { body, hash } = seal(fields)
+    expect(body).toBe(oracle(fields))
+    expect(hash).toBe(sha256Hex(body))
+    expect(sealCanonical(fields, canonicalize(fields.payload)).body).toBe(body)
+  })
+
+  it("seal refuses fields JSON cannot carry", () => {
+    const fields = { seq: 1, id: "i", type: "t", code: "c", time: "2024-01-01T00:00:00.000Z", stream: "s", version: 1, actor: "a", payload: null, prev_hash: "0".repeat(64) }
+    expect(() => seal({ ...fields, actor: "\ud800" })).toThrow(TypeError)
+    expect(() => seal({ ...fields, seq: NaN })).toThrow(TypeError)
+    expect(() => seal({ ...fields, payload: { n: Infinity } })).toThrow(TypeError)
   })
 
   it("serialises numbers as RFC 8785 Appendix B says", () => {

@@ -1,16 +1,20 @@
 /**
  * The event store written once against `@effect/sql`'s `SqlClient`; `EventStoreSqlite` and
- * `EventStorePg` only supply a client and a `Dialect` (DDL, locks, error classification, wake-ups).
+ * `EventStorePg` only supply a client and a `Dialect` (DDL, locks, error classification, wake-ups,
+ * and optionally their own `Writer`).
  *
- * Appends are group-committed: one writer fiber takes every request queued while the previous
+ * Appends are group-committed: the writer takes every request queued while the previous
  * transaction was in flight and commits them in one transaction (one fsync for the batch).
  */
 import { randomUUID } from "node:crypto"
 import type { SqlClient } from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
+import type { Statement } from "@effect/sql/Statement"
 import type { Duration, Scope } from "effect"
 import { Cause, Chunk, Deferred, Effect, Exit, Option, PubSub, Queue, Schedule, Stream } from "effect"
-import { GENESIS_HASH, seal } from "../../domain/Chain.ts"
+import { canonicalize, GENESIS_HASH } from "../../domain/Chain.ts"
+import type { PlanOutcome, PlannedDraft, PlanRequest } from "./appendPlan.ts"
+import { planBatch } from "./appendPlan.ts"
 import type {
   AuditIndexEntry,
   AuditQuery,
@@ -36,6 +40,23 @@ export interface Dialect {
   readonly classify: (cause: unknown) => StoreErrorReason
   /** How often a tail re-reads when no in-process commit woke it. */
   readonly pollInterval: Duration.DurationInput
+  /**
+   * Commits appends and writes somewhere other than `sql` (SQLite: a thread that owns the write
+   * connection, see `sqliteWriter.ts`). Started after the migrations, stopped with the scope.
+   * Absent: a writer fiber group-commits on `sql`.
+   */
+  readonly writer?: Effect.Effect<Writer, StoreError, Scope.Scope>
+}
+
+/** Where the store's writes are committed, in the order they are made. */
+export interface Writer {
+  /**
+   * Group-commits the request with whatever else is pending: seq, prev_hash and the version
+   * check are decided under the write lock (`planBatch`). Fails only when the transaction did.
+   */
+  readonly append: (request: PlanRequest) => Effect.Effect<PlanOutcome, StoreError>
+  /** Runs the statements in one transaction. */
+  readonly write: (statements: ReadonlyArray<Statement<unknown>>) => Effect.Effect<void, StoreError>
 }
 
 /** Rows per multi-row INSERT: 11 parameters a row stays far below SQLite's and PG's limits. */
@@ -126,25 +147,10 @@ const causeToStoreError = (classify: (cause: unknown) => StoreErrorReason) => (c
   return new StoreError({ reason: "Unavailable", message: "append interrupted (store closing)", cause: Cause.pretty(cause) })
 }
 
-/** A draft made complete (id, time) and checked for a canonical JSON form in the caller's fiber. */
-interface ReadyDraft {
-  readonly id: string
-  readonly time: string
-  readonly type: string
-  readonly code: string
-  readonly actor: string
-  readonly payload: unknown
-  readonly explicitId: boolean
-}
-
 interface Pending {
-  readonly stream: string
-  readonly expectedVersion: number | "any"
-  readonly drafts: ReadonlyArray<ReadyDraft>
-  readonly deferred: Deferred.Deferred<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>
+  readonly request: PlanRequest
+  readonly deferred: Deferred.Deferred<PlanOutcome, StoreError>
 }
-
-type Outcome = Exit.Exit<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>
 
 const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
   const out: Array<ReadonlyArray<A>> = []
@@ -278,135 +284,126 @@ export const make = (
         if (head === undefined) {
           return yield* new StoreError({ reason: "Corrupt", message: "chain_head row is missing" })
         }
-        let seq = Number(head.seq)
-        let prevHash = head.hash
+        const seq = Number(head.seq)
         // Versions cached by earlier commits of this instance hold only while nobody else has
         // appended since: the head is still where our last commit (or read) left it.
         if (seq !== cache.head || cache.versions.size > VERSION_CACHE_MAX) cache.versions.clear()
-        const streams = [...new Set(batch.map((p) => p.stream))]
+        const streams = [...new Set(batch.map((p) => p.request.stream))]
         const versions = yield* streamVersions(streams.filter((s) => !cache.versions.has(s)))
         for (const s of streams) {
           const v = cache.versions.get(s)
           if (v !== undefined) versions.set(s, v)
         }
-        const explicit = batch.flatMap((p) => p.drafts.filter((d) => d.explicitId).map((d) => d.id))
+        const explicit = batch.flatMap((p) => p.request.drafts.filter((d) => d.explicitId).map((d) => d.id))
         const taken = explicit.length > 0 ? yield* existingIds(explicit) : new Set<string>()
-
-        const outcomes: Array<Outcome> = []
-        const rows: Array<Record<string, unknown>> = []
-        for (const p of batch) {
-          const current = versions.get(p.stream) ?? 0
-          if (p.expectedVersion !== "any" && p.expectedVersion !== current) {
-            outcomes.push(Exit.fail(new VersionConflict({ stream: p.stream, expected: p.expectedVersion, actual: current })))
-            continue
+        const plan = planBatch(batch.map((p) => p.request), { seq, hash: head.hash }, versions, taken)
+        if (plan.rows.length > 0) {
+          // (Spread: `sql.insert` takes mutable records, the plan hands out readonly rows.)
+          for (const chunk of chunksOf(plan.rows, INSERT_CHUNK)) {
+            yield* sql`INSERT INTO events ${sql.insert(chunk.map((r) => ({ ...r })))}`
           }
-          const duplicate = p.drafts.find((d) => taken.has(d.id))
-          if (duplicate !== undefined) {
-            outcomes.push(Exit.fail(new StoreError({ reason: "Unknown", message: `event id ${duplicate.id} already exists` })))
-            continue
-          }
-          // Sealed into locals first: a payload JSON cannot carry (seal throws) fails only this
-          // request, and the seq and hash it would have used go to the next one.
-          const stored: Array<StoredEvent> = []
-          const sealedRows: Array<Record<string, unknown>> = []
-          let version = current
-          let nextSeq = seq
-          let nextPrev = prevHash
-          try {
-            for (const d of p.drafts) {
-              nextSeq += 1
-              version += 1
-              const fields = {
-                seq: nextSeq,
-                id: d.id,
-                type: d.type,
-                code: d.code,
-                time: d.time,
-                stream: p.stream,
-                version,
-                actor: d.actor,
-                payload: d.payload,
-                prev_hash: nextPrev
-              }
-              const { body, hash } = seal(fields)
-              stored.push({ ...fields, body, hash })
-              sealedRows.push({ seq: nextSeq, id: d.id, type: d.type, code: d.code, time: d.time, stream: p.stream, version, actor: d.actor, body, prev_hash: nextPrev, hash })
-              nextPrev = hash
-            }
-          } catch (cause) {
-            outcomes.push(Exit.fail(new StoreError({ reason: "Unknown", message: `payload is not JSON: ${describe(cause)}`, cause })))
-            continue
-          }
-          for (const d of p.drafts) taken.add(d.id)
-          for (const r of sealedRows) rows.push(r)
-          seq = nextSeq
-          prevHash = nextPrev
-          versions.set(p.stream, version)
-          outcomes.push(Exit.succeed(stored))
+          yield* sql`UPDATE chain_head SET seq = ${plan.head.seq}, hash = ${plan.head.hash} WHERE id = 1`
+          if (dialect.notifyCommit) yield* dialect.notifyCommit(sql, plan.head.seq)
         }
-        if (rows.length > 0) {
-          for (const chunk of chunksOf(rows, INSERT_CHUNK)) {
-            yield* sql`INSERT INTO events ${sql.insert(chunk)}`
-          }
-          yield* sql`UPDATE chain_head SET seq = ${seq}, hash = ${prevHash} WHERE id = 1`
-          if (dialect.notifyCommit) yield* dialect.notifyCommit(sql, seq)
-        }
-        return { outcomes, committed: rows.length > 0, head: seq, versions }
+        return { outcomes: plan.outcomes, head: plan.head.seq, versions }
       })
 
-    const queue = yield* Queue.unbounded<Pending>()
-    const failPending = (error: StoreError) =>
-      Effect.flatMap(Queue.takeAll(queue), (items) =>
-        Effect.forEach(items, (p) => Deferred.fail(p.deferred, error), { discard: true }))
+    /** The writer on `sql`: a queue, and a fiber that commits whatever queued as one transaction. */
+    const sqlWriter = Effect.gen(function* () {
+      const queue = yield* Queue.unbounded<Pending>()
+      // A batch that has been taken runs uninterruptibly, so its callers always hear how it ended.
+      const loop = Effect.gen(function* () {
+        const first = yield* Queue.take(queue)
+        yield* Effect.uninterruptible(
+          Effect.gen(function* () {
+            const rest = yield* Queue.takeUpTo(queue, MAX_BATCH - 1)
+            const batch = [first, ...rest]
+            const exit = yield* Effect.exit(sql.withTransaction(commitBatch(batch)))
+            if (Exit.isSuccess(exit)) {
+              const { head, outcomes, versions } = exit.value
+              cache.head = head
+              for (const [stream, version] of versions) cache.versions.set(stream, version)
+              for (let i = 0; i < batch.length; i++) yield* Deferred.succeed(batch[i]!.deferred, outcomes[i]!)
+            } else {
+              const error = causeToStoreError(dialect.classify)(exit.cause)
+              yield* Effect.forEach(batch, (p) => Deferred.fail(p.deferred, error), { discard: true })
+            }
+          })
+        )
+      }).pipe(Effect.forever)
+      yield* Effect.forkScoped(loop)
+      yield* Effect.addFinalizer(() =>
+        Effect.flatMap(Queue.takeAll(queue), (items) =>
+          Effect.forEach(items, (p) => Deferred.fail(p.deferred, new StoreError({ reason: "Unavailable", message: "event store closed" })), {
+            discard: true
+          })).pipe(Effect.zipRight(Queue.shutdown(queue))))
+      return {
+        append: (request) =>
+          Effect.gen(function* () {
+            const deferred = yield* Deferred.make<PlanOutcome, StoreError>()
+            const offered = yield* Queue.offer(queue, { request, deferred })
+            if (!offered) return yield* new StoreError({ reason: "Unavailable", message: "event store closed" })
+            return yield* Deferred.await(deferred)
+          }),
+        write: (statements) =>
+          orStoreError(sql.withTransaction(Effect.forEach(statements, (s) => s, { discard: true })))
+      } satisfies Writer
+    })
 
-    // The writer: takes whatever queued while the last transaction ran, commits it as one. A batch
-    // that has been taken runs uninterruptibly, so its callers always hear how it ended.
-    const writer = Effect.gen(function* () {
-      const first = yield* Queue.take(queue)
-      yield* Effect.uninterruptible(
-        Effect.gen(function* () {
-          const rest = yield* Queue.takeUpTo(queue, MAX_BATCH - 1)
-          const batch = [first, ...rest]
-          const exit = yield* Effect.exit(sql.withTransaction(commitBatch(batch)))
-          if (Exit.isSuccess(exit)) {
-            const { committed, head, outcomes, versions } = exit.value
-            cache.head = head
-            for (const [stream, version] of versions) cache.versions.set(stream, version)
-            for (let i = 0; i < batch.length; i++) yield* Deferred.done(batch[i]!.deferred, outcomes[i]!)
-            if (committed) yield* PubSub.publish(commits, undefined)
-          } else {
-            const error = causeToStoreError(dialect.classify)(exit.cause)
-            yield* Effect.forEach(batch, (p) => Deferred.fail(p.deferred, error), { discard: true })
-          }
-        })
-      )
-    }).pipe(Effect.forever)
-    yield* Effect.forkScoped(writer)
-    yield* Effect.addFinalizer(() =>
-      failPending(new StoreError({ reason: "Unavailable", message: "event store closed" })).pipe(
-        Effect.zipRight(Queue.shutdown(queue))
-      )
-    )
+    const writer = yield* (dialect.writer ?? sqlWriter)
 
     const append: EventStoreShape["append"] = (req) =>
-      Effect.gen(function* () {
+      Effect.suspend(() => {
         const now = new Date().toISOString()
-        const drafts: Array<ReadyDraft> = []
+        const drafts: Array<PlannedDraft> = []
+        const payloads: Array<unknown> = []
         for (const d of req.events) {
+          const payload = d.payload ?? null
+          // Canonicalised here, in the caller's fiber, where it can run beside other appenders'
+          // work; the commit only writes the members out and hashes.
+          let payloadJson: string
+          try {
+            payloadJson = canonicalize(payload)
+          } catch (cause) {
+            return Effect.fail(new StoreError({ reason: "Unknown", message: `payload is not JSON: ${describe(cause)}`, cause }))
+          }
+          payloads.push(payload)
           drafts.push({
             id: d.id ?? randomUUID(),
             time: d.time ?? now,
             type: d.type,
             code: d.code,
             actor: d.actor,
-            payload: d.payload ?? null,
+            payloadJson,
             explicitId: d.id !== undefined
           })
         }
-        const deferred = yield* Deferred.make<ReadonlyArray<StoredEvent>, VersionConflict | StoreError>()
-        const offered = yield* Queue.offer(queue, { stream: req.stream, expectedVersion: req.expectedVersion, drafts, deferred })
-        if (!offered) return yield* new StoreError({ reason: "Unavailable", message: "event store closed" })
-        return yield* Deferred.await(deferred)
+        const settle = (outcome: PlanOutcome): Effect.Effect<ReadonlyArray<StoredEvent>, VersionConflict | StoreError> => {
+          switch (outcome._tag) {
+            case "VersionConflict":
+              return Effect.fail(new VersionConflict({ stream: outcome.stream, expected: outcome.expected, actual: outcome.actual }))
+            case "Rejected":
+              return Effect.fail(new StoreError({ reason: "Unknown", message: outcome.message }))
+            case "Committed": {
+              const stored = drafts.map((d, i): StoredEvent => ({
+                seq: outcome.seq + i,
+                id: d.id,
+                type: d.type,
+                code: d.code,
+                time: d.time,
+                stream: req.stream,
+                version: outcome.version + i,
+                actor: d.actor,
+                payload: payloads[i],
+                body: outcome.bodies[i]!,
+                prev_hash: i === 0 ? outcome.prevHash : outcome.hashes[i - 1]!,
+                hash: outcome.hashes[i]!
+              }))
+              return stored.length > 0 ? Effect.as(PubSub.publish(commits, undefined), stored) : Effect.succeed(stored)
+            }
+          }
+        }
+        return Effect.flatMap(writer.append({ stream: req.stream, expectedVersion: req.expectedVersion, drafts }), settle)
       })
 
     const read: EventStoreShape["read"] = (fromSeq, limit) =>
@@ -454,8 +451,11 @@ export const make = (
       )
 
     const putSecret: EventStoreShape["putSecret"] = (keyId, value) =>
-      orStoreError(sql`INSERT INTO secrets (key_id, value) VALUES (${keyId}, ${Buffer.from(value)})
-        ON CONFLICT (key_id) DO UPDATE SET value = excluded.value`).pipe(Effect.asVoid)
+      Effect.suspend(() =>
+        writer.write([
+          sql`INSERT INTO secrets (key_id, value) VALUES (${keyId}, ${Buffer.from(value)})
+            ON CONFLICT (key_id) DO UPDATE SET value = excluded.value`
+        ]))
 
     const getSecret: EventStoreShape["getSecret"] = (keyId) =>
       orStoreError(sql<{ value: Uint8Array }>`SELECT value FROM secrets WHERE key_id = ${keyId}`).pipe(
@@ -463,7 +463,7 @@ export const make = (
       )
 
     const deleteSecret: EventStoreShape["deleteSecret"] = (keyId) =>
-      orStoreError(sql`DELETE FROM secrets WHERE key_id = ${keyId}`).pipe(Effect.asVoid)
+      Effect.suspend(() => writer.write([sql`DELETE FROM secrets WHERE key_id = ${keyId}`]))
 
     const getCheckpoint: EventStoreShape["getCheckpoint"] = (name) =>
       orStoreError(sql<{ seq: number | string }>`SELECT seq FROM checkpoints WHERE name = ${name}`).pipe(
@@ -475,33 +475,21 @@ export const make = (
         ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`
 
     const setCheckpoint: EventStoreShape["setCheckpoint"] = (name, seq) =>
-      orStoreError(upsertCheckpoint(name, seq)).pipe(Effect.asVoid)
+      Effect.suspend(() => writer.write([upsertCheckpoint(name, seq)]))
 
     const indexAudit: EventStoreShape["indexAudit"] = (entries, checkpointName, checkpoint) =>
-      orStoreError(
-        sql.withTransaction(
-          Effect.gen(function* () {
-            const rows = entries.map((e: AuditIndexEntry) => ({ seq: e.seq, time: e.time, type: e.type, user: e.user, sid: e.sid }))
-            for (const chunk of chunksOf(rows, 1000)) {
-              // Upsert: re-indexing after a crash between the index write and a later step is harmless.
-              yield* sql`INSERT INTO audit_index ${sql.insert(chunk)}
-                ON CONFLICT (seq) DO UPDATE SET time = excluded.time, type = excluded.type,
-                  "user" = excluded."user", sid = excluded.sid`
-            }
-            yield* upsertCheckpoint(checkpointName, checkpoint)
-          })
-        )
-      )
+      Effect.suspend(() => {
+        const rows = entries.map((e: AuditIndexEntry) => ({ seq: e.seq, time: e.time, type: e.type, user: e.user, sid: e.sid }))
+        // Upsert: re-indexing after a crash between the index write and a later step is harmless.
+        const inserts = chunksOf(rows, 1000).map((chunk) =>
+          sql`INSERT INTO audit_index ${sql.insert(chunk)}
+            ON CONFLICT (seq) DO UPDATE SET time = excluded.time, type = excluded.type,
+              "user" = excluded."user", sid = excluded.sid`)
+        return writer.write([...inserts, upsertCheckpoint(checkpointName, checkpoint)])
+      })
 
     const resetAudit: EventStoreShape["resetAudit"] = (checkpointName) =>
-      orStoreError(
-        sql.withTransaction(
-          Effect.gen(function* () {
-            yield* sql`DELETE FROM audit_index`
-            yield* sql`DELETE FROM checkpoints WHERE name = ${checkpointName}`
-          })
-        )
-      )
+      Effect.suspend(() => writer.write([sql`DELETE FROM audit_index`, sql`DELETE FROM checkpoints WHERE name = ${checkpointName}`]))
 
     /** An empty or absent `types` means every type. */
     const searchAudit: EventStoreShape["searchAudit"] = (q: AuditQuery) => {
