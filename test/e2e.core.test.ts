@@ -144,6 +144,21 @@ describe("remoteler start + tctl on embedded defaults", () => {
     expect(none.stdout.trim()).toBe("")
   })
 
+  it("follows the audit log like tail -f with tctl audit stream", async () => {
+    const follower = startService(process.execPath, [bin("tctl"), "--data-dir", dataDir, "audit", "stream", "--from-seq=1", "--type=user.create"])
+    try {
+      await follower.waitFor(/"name":"bob"/, 30_000)
+      expect((await tctl("users", "add", "dave", "--roles=access")).code).toBe(0)
+      await follower.waitFor(/"name":"dave"/, 30_000)
+      const lines = follower.output().trim().split("\n").map((l) => JSON.parse(l) as { event: string; seq: number })
+      expect(lines.every((l) => l.event === "user.create")).toBe(true)
+      expect(lines.map((l) => l.seq)).toEqual([...lines.map((l) => l.seq)].sort((a, b) => a - b))
+    } finally {
+      await follower.stop()
+    }
+    expect((await tctl("users", "rm", "dave")).code).toBe(0)
+  })
+
   it("verifies the chain and rebuilds projections by replay", async () => {
     const v = await tctl("audit", "verify")
     expect(v.code).toBe(0)

@@ -5,7 +5,7 @@
  */
 import * as fs from "node:fs"
 import * as http from "node:http"
-import { Effect, Either, ParseResult, Runtime, Schema } from "effect"
+import { Effect, Either, Fiber, ParseResult, Runtime, Schema, Stream } from "effect"
 import type { Scope } from "effect"
 import type { AuthMethod, RequestOf, ResponseOf } from "../domain/AuthApi.ts"
 import { AuthMethods } from "../domain/AuthApi.ts"
@@ -43,12 +43,38 @@ const send = (res: http.ServerResponse, status: number, body: unknown) => {
   res.end(text)
 }
 
+/** Long-lived answers: newline-delimited JSON for as long as the client stays. */
+export interface Streams {
+  /** Audit events from `fromSeq` (or from the next one to commit), optionally of some types only. */
+  readonly audit: (fromSeq: number | undefined, types: ReadonlyArray<string>) => Stream.Stream<unknown, unknown>
+}
+
 /** Serves the API on a Unix socket for as long as the scope lives. */
-export const serveUnixSocket = (handlers: Handlers, socketPath: string): Effect.Effect<void, Error, Scope.Scope> =>
+export const serveUnixSocket = (handlers: Handlers, socketPath: string, streams?: Streams): Effect.Effect<void, Error, Scope.Scope> =>
   Effect.gen(function* () {
     const runtime = yield* Effect.runtime<never>()
     const run = Runtime.runPromise(runtime)
+    const fork = Runtime.runFork(runtime)
     const server = http.createServer((req, res) => {
+      const url = new URL(req.url ?? "/", "http://auth")
+      if (req.method === "GET" && url.pathname === "/v1/stream/audit" && streams !== undefined) {
+        const from = url.searchParams.get("from_seq")
+        const fromSeq = from === null ? undefined : Number(from)
+        if (fromSeq !== undefined && (!Number.isInteger(fromSeq) || fromSeq < 1)) {
+          return send(res, 400, { error: { _tag: "BadParameter", message: "from_seq must be a positive integer" } })
+        }
+        res.writeHead(200, { "content-type": "application/x-ndjson", "cache-control": "no-store" })
+        res.flushHeaders()
+        const fiber = fork(
+          streams.audit(fromSeq, url.searchParams.getAll("type")).pipe(
+            Stream.runForEach((e) => Effect.sync(() => res.write(`${JSON.stringify(e)}\n`))),
+            Effect.catchAllCause((cause) => Effect.logWarning("audit stream ended", cause)),
+            Effect.ensuring(Effect.sync(() => res.end()))
+          )
+        )
+        res.on("close", () => fork(Fiber.interrupt(fiber)))
+        return
+      }
       const match = /^\/v1\/rpc\/([a-z._]+)$/.exec(req.url ?? "")
       if (req.method !== "POST" || match === null) return send(res, 404, { error: { _tag: "NotFound", message: "no such endpoint" } })
       readBody(req, MAX_BODY)

@@ -6,7 +6,7 @@
 import "reflect-metadata"
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Stream } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -22,7 +22,9 @@ import { serveUnixSocket } from "../adapters/AuthApiHttp.ts"
 import * as BusMemory from "../adapters/BusMemory.ts"
 import * as BusNats from "../adapters/BusNats.ts"
 import * as DataDir from "../adapters/DataDir.ts"
+import { EventStore } from "../adapters/EventStore.ts"
 import * as EventStorePg from "../adapters/EventStorePg.ts"
+import { toAuditJson } from "../domain/AuditEvent.ts"
 import * as EventStoreSqlite from "../adapters/EventStoreSqlite.ts"
 import type { NatsConfig, ResolvedConfig } from "../domain/Config.ts"
 import { parseDurationOption } from "../domain/Rbac.ts"
@@ -76,7 +78,18 @@ const authLayer = (cfg: ResolvedConfig) => {
   const endpoints = Layer.scopedDiscard(
     Effect.gen(function* () {
       const handlers = yield* AuthServer.AuthServer
-      yield* serveUnixSocket(handlers, DataDir.adminSocketPath(cfg.dataDir))
+      const store = yield* EventStore
+      yield* serveUnixSocket(handlers, DataDir.adminSocketPath(cfg.dataDir), {
+        audit: (fromSeq, types) =>
+          Stream.unwrap(
+            Effect.map(fromSeq === undefined ? Effect.map(store.head, (h) => h + 1) : Effect.succeed(fromSeq), (from) =>
+              store.tail(from).pipe(
+                Stream.filter((e) => types.length === 0 || types.includes(e.type)),
+                Stream.map((e) => toAuditJson(e, cfg.clusterName))
+              )
+            )
+          )
+      })
       yield* AuthApiBus.serve(yield* Bus, handlers, cfg.clusterName)
     })
   )

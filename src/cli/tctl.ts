@@ -376,9 +376,43 @@ const auditVerify = Command.make("verify", {}, () =>
   })
 ).pipe(Command.withDescription("Verify the hash chain of the whole event log (exit 1 naming the first broken seq)."))
 
+const auditStream = Command.make(
+  "stream",
+  {
+    fromSeq: Options.integer("from-seq").pipe(Options.withDescription("start at this seq (default: only events from now on)"), Options.optional),
+    type: Options.text("type").pipe(Options.withDescription("event types, comma-separated"), Options.optional)
+  },
+  (o) =>
+    Effect.gen(function* () {
+      const sock = yield* socketPath
+      const query = new URLSearchParams()
+      if (Option.isSome(o.fromSeq)) query.set("from_seq", String(o.fromSeq.value))
+      for (const t of list(o.type)) query.append("type", t)
+      const { request } = yield* Effect.promise(() => import("node:http"))
+      // One JSON object per line, as auth commits them, until interrupted (like tail -f).
+      yield* Effect.async<void, BadParameter>((resume) => {
+        const req = request({ socketPath: sock, path: `/v1/stream/audit?${query.toString()}`, method: "GET" }, (res) => {
+          if (res.statusCode !== 200) {
+            let text = ""
+            res.on("data", (d: Buffer) => (text += d.toString()))
+            res.on("end", () => resume(Effect.fail(new BadParameter({ message: `audit stream refused: ${text}` }))))
+            return
+          }
+          res.on("data", (d: Buffer) => process.stdout.write(d))
+          res.on("end", () => resume(Effect.void))
+        })
+        req.on("error", (e: NodeJS.ErrnoException) =>
+          resume(Effect.fail(new BadParameter({ message: e.code === "ENOENT" || e.code === "ECONNREFUSED" ? `no auth service is running at ${sock}` : e.message })))
+        )
+        req.end()
+        return Effect.sync(() => req.destroy())
+      })
+    })
+).pipe(Command.withDescription("Follow the audit log like tail -f: one JSON object per line."))
+
 const audit = Command.make("audit").pipe(
-  Command.withDescription("Search and verify the audit log."),
-  Command.withSubcommands([auditSearch, auditVerify])
+  Command.withDescription("Search, verify and follow the audit log."),
+  Command.withSubcommands([auditSearch, auditVerify, auditStream])
 )
 
 const eventsReplay = Command.make("replay", {}, () =>
