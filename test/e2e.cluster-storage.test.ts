@@ -31,7 +31,30 @@ describe("remoteler start on PostgreSQL and NATS", () => {
   const tctl = (...args: Array<string>) => node(bin("tctl"), ["--data-dir", dir, ...args])
 
   beforeAll(async () => {
-    ;[pg, nats] = await Promise.all([startPostgresAsync(), startNatsServer()])
+    ;[pg, nats] = await Promise.all([
+      startPostgresAsync(),
+      startNatsServer({
+        extraUsers: [
+          {
+            user: "siem",
+            pass: "siem-secret",
+            permissions: {
+              publish: {
+                allow: [
+                  "$JS.API.CONSUMER.CREATE.REMOTELER_EVENTS.>",
+                  "$JS.API.CONSUMER.INFO.REMOTELER_EVENTS.siem",
+                  "$JS.API.CONSUMER.MSG.NEXT.REMOTELER_EVENTS.siem",
+                  "$JS.API.STREAM.INFO.REMOTELER_EVENTS",
+                  "$JS.ACK.REMOTELER_EVENTS.siem.>",
+                  "$JS.API.INFO"
+                ]
+              },
+              subscribe: { allow: ["_INBOX.>"] }
+            }
+          }
+        ]
+      })
+    ])
     storage = await pg.createDatabase("remoteler")
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "remoteler-cluster-"))
   })
@@ -107,5 +130,43 @@ describe("remoteler start on PostgreSQL and NATS", () => {
     expect(messages).toBe(head)
     await nc.close()
     expect((await tctl("status")).stdout).toMatch(new RegExp(`Outbox\\s+at seq ${head}`))
+  })
+
+  it("the example SIEM consumer receives every event once, in order, and resumes after its last ack", async () => {
+    const siemUrl = nats.url.replace("nats://", "nats://siem:siem-secret@")
+    const consumer = () => startService(process.execPath, ["--import", "tsx", "examples/siem/consumer.ts", "--server", siemUrl, "--durable", "siem"])
+    const seqs = (out: string) =>
+      out
+        .trim()
+        .split("\n")
+        .filter((l) => l.startsWith("{"))
+        .map((l) => (JSON.parse(l) as { seq: number }).seq)
+    const first = consumer()
+    const head = Number(/Events\s+(\d+)/.exec((await tctl("status")).stdout)![1])
+    await first.waitFor(new RegExp(`"seq":${head}[,}]`), 60_000)
+    await first.stop()
+    const before = seqs(first.output())
+    expect(before).toEqual(Array.from({ length: head }, (_, i) => i + 1))
+
+    expect((await tctl("users", "add", "erin", "--roles=access")).code).toBe(0)
+    const next = Number(/Events\s+(\d+)/.exec((await tctl("status")).stdout)![1])
+    const second = consumer()
+    await second.waitFor(new RegExp(`"seq":${next}[,}]`), 60_000)
+    await second.stop()
+    // Only what came after the last acknowledged event.
+    expect(seqs(second.output())).toEqual(Array.from({ length: next - head }, (_, i) => head + i + 1))
+    expect(second.output()).not.toContain("siem-secret")
+
+    // The SIEM account can read the stream, but cannot publish on the cluster's subjects.
+    const nc = await connect({ servers: nats.url, user: "siem", pass: "siem-secret" })
+    const errors: Array<string> = []
+    ;(async () => {
+      for await (const st of nc.status()) if (st.type === "error") errors.push(String(st.error))
+    })().catch(() => undefined)
+    nc.publish("remoteler.main.events.user.create", "forged")
+    await nc.flush().catch(() => undefined)
+    await new Promise((r) => setTimeout(r, 500))
+    await nc.close()
+    expect(errors.join(" ")).toMatch(/Permissions Violation/i)
   })
 })
