@@ -80,7 +80,8 @@ export const make = (options: {
       }),
       onDial: ({ target: t, stream }) =>
         Effect.gen(function* () {
-          if (t.name === CANCEL_TARGET) {
+          // A forwarded CancelRequest: addressed to one of our databases, marked in its meta.
+          if (t.name === CANCEL_TARGET || t.meta[CANCEL_TARGET] === "1") {
             yield* cancelRequest(Number(t.meta["pid"]), new Uint8Array(Buffer.from(t.meta["secret"] ?? "", "hex")))
             return
           }

@@ -331,7 +331,8 @@ export const make = (settings: ProxyWebSettings) =>
         )
       )
     // A CancelRequest carries no certificate: every database agent gets it, and the one whose
-    // session owns that key cancels the query.
+    // session owns that key cancels the query. The dial names one of the agent's own databases
+    // (an agent refuses a dial to a target it does not serve) and says `cancel` in its meta.
     const onCancel = (pid: number, secret: Uint8Array) =>
       void run(
         Effect.flatMap(tunnels.agents, (agents) =>
@@ -339,7 +340,11 @@ export const make = (settings: ProxyWebSettings) =>
             agents.filter((a) => a.resources.databases.length > 0),
             (a) =>
               tunnels
-                .dial(a.hostId, { kind: "db", name: CANCEL_TARGET, meta: { pid: String(pid), secret: Buffer.from(secret).toString("hex") } })
+                .dial(a.hostId, {
+                  kind: "db",
+                  name: a.resources.databases[0]!.name,
+                  meta: { [CANCEL_TARGET]: "1", pid: String(pid), secret: Buffer.from(secret).toString("hex") }
+                })
                 .pipe(
                   Effect.map((stream) => stream.end()),
                   Effect.ignore
