@@ -333,7 +333,7 @@ export const make = (deps: LocalAuthDeps) => {
         const issued = yield* ca.signHost({
           hostId,
           nodeName: req.node_name,
-          systemRole: req.role === "db" ? "Db" : "Node",
+          systemRole: req.role === "db" ? "Db" : req.role === "proxy" ? "Proxy" : "Node",
           principals: [hostId, req.node_name],
           dnsNames: [req.node_name],
           ipAddresses: [],

@@ -9,6 +9,7 @@ import { NodeContext, NodeRuntime } from "@effect/platform-node"
 import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Stream } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
 import * as fs from "node:fs"
+import * as crypto from "node:crypto"
 import * as os from "node:os"
 import * as DbAgent from "../actors/DbAgent.ts"
 import * as AgentIdentity from "../adapters/AgentIdentity.ts"
@@ -94,7 +95,7 @@ const authLayer = (cfg: ResolvedConfig) => {
     })
   )
   return endpoints.pipe(
-    Layer.provide(server),
+    Layer.provideMerge(server),
     Layer.provide(ca),
     Layer.provideMerge(actors),
     Layer.provide(storeLayer(cfg))
@@ -164,13 +165,42 @@ const proxyPublicAddr = (cfg: ResolvedConfig): string => {
   return `${host === "0.0.0.0" || host === "" || host === "[::]" ? os.hostname() : host}:${port}`
 }
 
-const proxyLayer = (cfg: ResolvedConfig) => {
+const proxyHosts = (cfg: ResolvedConfig) => {
   const publicAddr = proxyPublicAddr(cfg)
   const publicHost = publicAddr.slice(0, publicAddr.lastIndexOf(":")).replace(/^\[|\]$/g, "")
+  return [...new Set([publicHost, "localhost", "127.0.0.1", "::1", os.hostname()])]
+}
+
+/**
+ * The identity the proxy signs its requests to auth with. Beside auth in one process it is issued
+ * directly; a proxy of its own joins with a token of type proxy, like an agent.
+ */
+const proxyCredentials = (cfg: ResolvedConfig, token: string | undefined) =>
+  Layer.effect(
+    AuthApiBus.RpcCredentials,
+    Effect.gen(function* () {
+      const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.orDie)
+      const hostId = `proxy-${crypto.randomUUID()}`
+      const local = yield* Effect.serviceOption(AuthServer.AuthServer)
+      if (local._tag === "Some") {
+        const r = yield* local.value["web.proxy_cert"]({ host_id: hostId, hosts: proxyHosts(cfg), tls_pub_key: keys.publicKeyPem })
+        return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
+      }
+      if (token === undefined) {
+        return yield* Effect.fail(new Error("a proxy without the auth role joins the cluster with --token (tctl tokens add --type=proxy)"))
+      }
+      const bus = yield* Bus
+      const r = yield* AuthApiBus.call(bus, cfg.clusterName, "web.join", { token, role: "proxy", node_name: os.hostname(), tls_pub_key: keys.publicKeyPem })
+      return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
+    }).pipe(Effect.mapError((e) => new Error(`the proxy cannot get its identity: ${e.message}`)))
+  )
+
+const proxyLayer = (cfg: ResolvedConfig) => {
+  const publicAddr = proxyPublicAddr(cfg)
   return ProxyWeb.layer({
     clusterName: cfg.clusterName,
     listenAddr: cfg.proxy.web_listen_addr ?? DEFAULT_WEB_LISTEN,
-    publicHosts: [...new Set([publicHost, "localhost", "127.0.0.1", "::1", os.hostname()])],
+    publicHosts: proxyHosts(cfg),
     publicAddr,
     ...(cfg.proxy.https_keypairs === undefined ? {} : { keyPairs: cfg.proxy.https_keypairs })
   })
@@ -244,9 +274,13 @@ const start = Command.make(
       const parts: Array<Layer.Layer<never, unknown, Bus>> = []
       if (cfg.roles.has("auth")) parts.push(authLayer(cfg))
       // The proxy starts after auth: it asks auth for its certificate over the bus.
+      const base = Layer.mergeAll(Layer.empty, ...parts)
       const app = cfg.roles.has("proxy")
-        ? Layer.provideMerge(proxyLayer(cfg), Layer.mergeAll(Layer.empty, ...parts))
-        : Layer.mergeAll(Layer.empty, ...parts)
+        ? Layer.provideMerge(
+            proxyLayer(cfg).pipe(Layer.provide(proxyCredentials(cfg, Option.getOrUndefined(flags.token) ?? cfg.authToken))),
+            base
+          )
+        : base
       yield* Layer.launch(
         app.pipe(
           Layer.provide(busLayer(cfg)),

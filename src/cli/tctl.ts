@@ -557,23 +557,25 @@ const authRotate = Command.make(
 const tokensAdd = Command.make(
   "add",
   {
-    type: Options.text("type").pipe(Options.withDescription("comma-separated roles the token may join as: db, node")),
+    type: Options.text("type").pipe(Options.withDescription("comma-separated roles the token may join as: db, node, proxy")),
     ttl: Options.text("ttl").pipe(Options.withDescription("how long the token is valid (default 30m)"), Options.withDefault("30m"))
   },
   (o) =>
     Effect.gen(function* () {
       const roles = list(Option.some(o.type))
-      const bad = roles.filter((r) => r !== "db" && r !== "node")
-      if (roles.length === 0 || bad.length > 0) return yield* new BadParameter({ message: `--type: expected db or node, got ${JSON.stringify(o.type)}` })
+      const bad = roles.filter((r) => r !== "db" && r !== "node" && r !== "proxy")
+      if (roles.length === 0 || bad.length > 0) return yield* new BadParameter({ message: `--type: expected db, node or proxy, got ${JSON.stringify(o.type)}` })
       const ttl = yield* durationSeconds("ttl", o.ttl)
-      const t = yield* auth("tokens.create", { roles: roles as ["db" | "node"], ttl_seconds: ttl })
+      const t = yield* auth("tokens.create", { roles: roles as ["db" | "node" | "proxy"], ttl_seconds: ttl })
       const role = roles[0]
       const hostCa = (yield* auth("ca.list", {})).find((c) => c.type === "host")
       const pin = hostCa === undefined ? "" : ` --ca-pin=${caPin(hostCa.active.tls_cert)}`
       const example =
         role === "db"
           ? `remoteler start --roles=db --proxy=${t.proxy} --token=${t.token}${pin} --data-dir=/var/lib/remoteler-db --db=name=pg1,protocol=postgres,uri=127.0.0.1:5432`
-          : `remoteler start --roles=node --proxy=${t.proxy} --token=${t.token}${pin} --data-dir=/var/lib/remoteler-node`
+          : role === "proxy"
+            ? `remoteler start --roles=proxy --nats=nats://USER:PASS@NATS:4222 --token=${t.token} --data-dir=/var/lib/remoteler-proxy`
+            : `remoteler start --roles=node --proxy=${t.proxy} --token=${t.token}${pin} --data-dir=/var/lib/remoteler-node`
       yield* Console.log(
         [
           `The invite token: ${t.token}`,

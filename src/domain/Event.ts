@@ -101,7 +101,7 @@ export const AuthFailure = Schema.Struct({
   "addr.remote": Schema.optional(Schema.String)
 })
 
-export const JoinRole = Schema.Literal("db", "node")
+export const JoinRole = Schema.Literal("db", "node", "proxy")
 export type JoinRole = typeof JoinRole.Type
 /** A join token by its name (a prefix of its hash); the token itself is a secret and never in an event. */
 export const JoinTokenCreated = Schema.Struct({
