@@ -102,6 +102,18 @@ const codeOf = (cause: unknown): string | undefined =>
     ? cause.code
     : undefined
 
+/**
+ * A UUIDv7 (RFC 9562) for events whose appender gave no id: the current millisecond in the
+ * first 48 bits, then randomUUID's version-4 randomness. Ids made one after another sort
+ * together, so the UNIQUE(id) index takes each batch's ids at its right edge instead of at
+ * as many random leaf pages, and every commit writes (and fsyncs) that many fewer pages.
+ */
+export const eventId = (): string => {
+  const ms = Date.now().toString(16).padStart(12, "0")
+  // randomUUID: xxxxxxxx-xxxx-4xxx-[89ab]xxx-xxxxxxxxxxxx; its variant bits are v7's too.
+  return `${ms.slice(0, 8)}-${ms.slice(8)}-7${randomUUID().slice(15)}`
+}
+
 /** SQLite result codes (better-sqlite3 puts them on `error.code`, extended codes included). */
 export const classifySqlite = (cause: unknown): StoreErrorReason => {
   const code = codeOf(cause) ?? ""
@@ -369,7 +381,7 @@ export const make = (
           }
           payloads.push(payload)
           drafts.push({
-            id: d.id ?? randomUUID(),
+            id: d.id ?? eventId(),
             time: d.time ?? now,
             type: d.type,
             code: d.code,

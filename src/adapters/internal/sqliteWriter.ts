@@ -3,13 +3,14 @@
  * connection. This side posts requests and hands each caller its outcome.
  *
  * Why: better-sqlite3 is synchronous, so on the main thread every commit's fsync (3–7 ms on a
- * disk) stopped everything, including the appenders preparing the next batch. With the commit on
- * another thread, the main thread canonicalises the next requests' payloads and posts them while
- * the disk syncs; they wait on the port and go into the next transaction together.
+ * disk) stopped everything: the store's readers, tails, and appenders preparing their requests.
+ * With the commit on another thread, the main thread goes on (canonicalising payloads, serving
+ * reads) while the disk syncs, and the SQL work of a batch runs on a second core.
  *
  * Why it stays correct:
- * - Order: a MessagePort delivers in posting order and the worker handles one message at a time,
- *   so writes and group commits run in the order they were posted, one transaction at a time.
+ * - Order: requests go to the outbox in the order they are made, a MessagePort delivers in posting
+ *   order, and the worker handles one item at a time, so writes and group commits run in the
+ *   order they were made, one transaction at a time.
  * - seq and prev_hash: assigned inside the worker's transaction, under the write lock (see
  *   `commitAppends`), exactly as the shared `commitBatch` does; a failed transaction fails its
  *   requests and is rolled back whole, so it consumes no seq.
@@ -47,9 +48,12 @@ export interface WireError {
   readonly reason?: StoreError["reason"]
 }
 
-export type ToWriter =
+export type WriterItem =
   | { readonly _tag: "Append"; readonly id: number; readonly request: PlanRequest }
   | { readonly _tag: "Write"; readonly id: number; readonly statements: ReadonlyArray<readonly [string, ReadonlyArray<unknown>]> }
+
+export type ToWriter =
+  | { readonly _tag: "Items"; readonly items: ReadonlyArray<WriterItem> }
   | { readonly _tag: "Close" }
 
 export type FromWriter =
@@ -90,6 +94,32 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
     let exited = false
     let onExit: (() => void) | undefined
 
+    // Items made while the worker is busy wait here, and go over in one message when it has
+    // answered everything posted before, at the end of that event-loop turn: the callers it just
+    // answered have appended again by then (their fibers resume in microtasks). So each commit
+    // takes every caller; posting at once would split them into two alternating halves, each
+    // paying a whole fsync, which is slower whenever an fsync costs more than the main thread's
+    // work for a batch (on a disk, it does).
+    let outbox: Array<WriterItem> = []
+    let posted = 0
+    let flushScheduled = false
+    const flush = () => {
+      flushScheduled = false
+      if (outbox.length === 0 || state !== "open") return
+      posted += outbox.length
+      port.postMessage({ _tag: "Items", items: outbox } satisfies ToWriter)
+      outbox = []
+    }
+    const scheduleFlush = () => {
+      if (flushScheduled || outbox.length === 0 || posted > 0) return
+      flushScheduled = true
+      setImmediate(flush)
+    }
+    const answered = (n: number) => {
+      posted -= n
+      scheduleFlush()
+    }
+
     const settle = (id: number, result: Effect.Effect<unknown, StoreError>) => {
       const resume = waiting.get(id)
       if (resume === undefined) return // the caller was interrupted; the outcome stands unheard
@@ -118,13 +148,14 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
           return stop(toStoreError(message.error))
         case "Appended":
           for (const r of message.results) settle(r.id, Effect.succeed(r.outcome))
-          return
+          return answered(message.results.length)
         case "Written":
-          return settle(message.id, Effect.void)
+          settle(message.id, Effect.void)
+          return answered(1)
         case "Failed": {
           const error = Effect.fail(toStoreError(message.error))
           for (const id of message.ids) settle(id, error)
-          return
+          return answered(message.ids.length)
         }
       }
     })
@@ -146,19 +177,23 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
         state = "closed"
         onExit = () => resume(Effect.void)
         worker.ref()
+        // What is still in the outbox was accepted: it goes first, and is answered.
+        if (outbox.length > 0) port.postMessage({ _tag: "Items", items: outbox } satisfies ToWriter)
+        outbox = []
         port.postMessage({ _tag: "Close" } satisfies ToWriter)
         // A worker stuck in a busy wait still ends: terminate() interrupts it.
         const timer = setTimeout(() => void worker.terminate(), 30_000)
         timer.unref()
       }))
 
-    const request = <A>(make: (id: number) => ToWriter) =>
+    const request = <A>(make: (id: number) => WriterItem) =>
       Effect.async<A, StoreError>((resume) => {
         if (state !== "open") return resume(Effect.fail(closedError()))
         const id = nextId++
         if (waiting.size === 0) port.ref()
         waiting.set(id, resume as Resume)
-        port.postMessage(make(id))
+        outbox.push(make(id))
+        scheduleFlush()
         return Effect.sync(() => {
           waiting.delete(id)
           if (waiting.size === 0) port.unref()

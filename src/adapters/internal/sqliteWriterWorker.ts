@@ -10,7 +10,7 @@ import type { MessagePort } from "node:worker_threads"
 import { receiveMessageOnPort, workerData } from "node:worker_threads"
 import type { ChainHead, PlanRequest } from "./appendPlan.ts"
 import { planBatch } from "./appendPlan.ts"
-import type { FromWriter, ToWriter, WireError, WriterData } from "./sqliteWriter.ts"
+import type { FromWriter, ToWriter, WireError, WriterData, WriterItem } from "./sqliteWriter.ts"
 
 /** Requests per group commit: bounds the transaction's size and the time the lock is held. */
 const MAX_BATCH = 2048
@@ -131,8 +131,8 @@ const run = (db: Database.Database) => {
   }
 
   /**
-   * Everything posted while the last commit ran is waiting on the port: drained at once, so
-   * consecutive appends share one transaction (one fsync), and processed in posting order.
+   * Whatever waits on the port is drained at once, and processed in posting order: consecutive
+   * appends share one transaction (one fsync), up to MAX_BATCH.
    */
   const onMessage = (first: ToWriter) => {
     const messages: Array<ToWriter> = [first]
@@ -144,21 +144,23 @@ const run = (db: Database.Database) => {
       if (group.length > 0) commitAppends(group)
       group = []
     }
-    for (const m of messages) {
-      switch (m._tag) {
+    const handle = (item: WriterItem) => {
+      switch (item._tag) {
         case "Append":
-          group.push(m)
+          group.push(item)
           if (group.length >= MAX_BATCH) flush()
-          break
+          return
         case "Write":
           flush()
-          runWrite(m.id, m.statements)
-          break
-        case "Close":
-          flush()
-          close()
-          return
+          return runWrite(item.id, item.statements)
       }
+    }
+    for (const m of messages) {
+      if (m._tag === "Close") {
+        flush()
+        return close()
+      }
+      for (const item of m.items) handle(item)
     }
     flush()
   }
