@@ -49,7 +49,13 @@ export const open = (dataDir: string) => {
       if (size <= from) return { events: [] as Array<BufferedEvent>, next: from }
       const len = Math.min(size - from, 4 * 1024 * 1024)
       const buf = Buffer.alloc(len)
-      fs.readSync(fs.openSync(file, "r"), buf, 0, len, from)
+      // The append fd is write-only; a read fd per call, closed again (the uploader polls twice a second).
+      const rfd = fs.openSync(file, "r")
+      try {
+        fs.readSync(rfd, buf, 0, len, from)
+      } finally {
+        fs.closeSync(rfd)
+      }
       const text = buf.toString("utf8")
       const events: Array<BufferedEvent> = []
       let consumed = 0
