@@ -91,6 +91,44 @@ describe("tctl auth sign and certificate lifetimes", () => {
     }
   })
 
+  it("--format=db files serve MariaDB over TLS, verified by the mariadb client", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mariadb-"))
+    const uid = Number(execFileSync("id", ["-u", "mysql"], { encoding: "utf8" }).trim())
+    const gid = Number(execFileSync("id", ["-g", "mysql"], { encoding: "utf8" }).trim())
+    fs.mkdirSync(path.join(dir, "data"))
+    for (const f of ["db.crt", "db.key", "db.cas"]) fs.copyFileSync(tmp(f), path.join(dir, f))
+    fs.chmodSync(dir, 0o755)
+    execFileSync("chown", ["-R", `${uid}:${gid}`, dir])
+    execFileSync("mariadb-install-db", ["--no-defaults", `--datadir=${dir}/data`, "--user=mysql", "--auth-root-authentication-method=normal", "--skip-test-db"], { stdio: "ignore" })
+    const port = await freePort()
+    // Grants are not what this test is about: only that the server takes the files and the client verifies it.
+    const db = spawn(
+      "mariadbd",
+      ["--no-defaults", `--datadir=${dir}/data`, `--socket=${dir}/sock`, `--port=${port}`, "--bind-address=127.0.0.1", "--user=mysql", "--skip-grant-tables",
+        `--ssl-cert=${dir}/db.crt`, `--ssl-key=${dir}/db.key`, `--ssl-ca=${dir}/db.cas`, `--pid-file=${dir}/pid`, "--skip-log-bin"],
+      { stdio: ["ignore", "pipe", "pipe"] }
+    )
+    let log = ""
+    db.stderr.on("data", (d: Buffer) => (log += d.toString()))
+    try {
+      const started = Date.now()
+      while (!log.includes("ready for connections")) {
+        if (db.exitCode !== null || Date.now() - started > 30_000) throw new Error(`mariadbd did not start: ${log}`)
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      const out = execFileSync(
+        "mariadb",
+        ["--no-defaults", "--protocol=TCP", "-h", "localhost", "-P", String(port), "-u", "root", "--ssl", `--ssl-ca=${tmp("db.cas")}`, "--ssl-verify-server-cert", "-N", "-e", "SHOW SESSION STATUS LIKE 'Ssl_cipher'"],
+        { encoding: "utf8" }
+      )
+      expect(out).toMatch(/Ssl_cipher\s+\S+/)
+    } finally {
+      db.kill()
+      await new Promise((r) => db.once("exit", r))
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
   it("caps tsh login --ttl at the roles' max_session_ttl", async () => {
     fs.writeFileSync(
       tmp("short.yaml"),
