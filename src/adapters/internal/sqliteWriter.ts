@@ -74,6 +74,9 @@ const toStoreError = (error: WireError): StoreError => {
   return new StoreError({ reason: error.reason ?? classifySqlite(cause), message: error.message, cause })
 }
 
+/** Events in the outbox that are worth a commit of their own while another one runs. */
+const EAGER_EVENTS = 512
+
 const closedError = () => new StoreError({ reason: "Unavailable", message: "event store closed" })
 
 /** Starts the writer thread on `filename` (whose schema must exist) and stops it with the scope. */
@@ -99,8 +102,11 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
     // answered have appended again by then (their fibers resume in microtasks). So each commit
     // takes every caller; posting at once would split them into two alternating halves, each
     // paying a whole fsync, which is slower whenever an fsync costs more than the main thread's
-    // work for a batch (on a disk, it does).
+    // work for a batch (on a disk, it does). An outbox of EAGER_EVENTS or more is worth an fsync
+    // of its own: it goes at once, so big requests (imports, bulk loads) are prepared here while
+    // the worker commits the ones before.
     let outbox: Array<WriterItem> = []
+    let outboxEvents = 0
     let posted = 0
     let flushScheduled = false
     const flush = () => {
@@ -109,9 +115,10 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
       posted += outbox.length
       port.postMessage({ _tag: "Items", items: outbox } satisfies ToWriter)
       outbox = []
+      outboxEvents = 0
     }
     const scheduleFlush = () => {
-      if (flushScheduled || outbox.length === 0 || posted > 0) return
+      if (flushScheduled || outbox.length === 0 || (posted > 0 && outboxEvents < EAGER_EVENTS)) return
       flushScheduled = true
       setImmediate(flush)
     }
@@ -180,6 +187,7 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
         // What is still in the outbox was accepted: it goes first, and is answered.
         if (outbox.length > 0) port.postMessage({ _tag: "Items", items: outbox } satisfies ToWriter)
         outbox = []
+        outboxEvents = 0
         port.postMessage({ _tag: "Close" } satisfies ToWriter)
         // A worker stuck in a busy wait still ends: terminate() interrupts it.
         const timer = setTimeout(() => void worker.terminate(), 30_000)
@@ -192,7 +200,9 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
         const id = nextId++
         if (waiting.size === 0) port.ref()
         waiting.set(id, resume as Resume)
-        outbox.push(make(id))
+        const item = make(id)
+        outbox.push(item)
+        outboxEvents += item._tag === "Append" ? item.request.drafts.length : 1
         scheduleFlush()
         return Effect.sync(() => {
           waiting.delete(id)
