@@ -10,7 +10,7 @@
  * a `ProtocolError` value (never an exception); the parser then refuses all
  * further input, returning the same error again.
  *
- * Buffering (cf. pg-protocol's `mergeBuffer`): when nothing is pending, frames
+ * Buffering (cf. pg-protocol's `mergeBuffer`, in ../internal/pendingBytes.ts): when nothing is pending, frames
  * are cut straight out of the pushed chunk (zero copy); only the unfinished
  * tail is copied, into memory we own, which then grows geometrically (bounded
  * by the frame's declared length), so a large COPY stream costs linear time.
@@ -29,6 +29,7 @@ import type {
   StartupFamilyMessage,
   StartupParameter
 } from "./messages.ts"
+import { PendingBytes } from "../internal/pendingBytes.ts"
 import { MalformedMessage, Reader, decodeText } from "./reader.ts"
 
 // ---------------------------------------------------------------------------
@@ -412,65 +413,8 @@ export const readSASLResponse = (msg: AuthResponse): Uint8Array => msg.data
 // Buffering
 // ---------------------------------------------------------------------------
 
-const EMPTY = new Uint8Array(0)
+/** Smallest store allocated for a leftover tail (the MySQL parser uses the same, RESP a smaller one). */
 const MIN_TAIL = 8 * 1024
-
-/** Holds the unfinished tail between pushes. */
-class Tail {
-  private store: Uint8Array = EMPTY
-  private filled = 0
-  private scanningStore = false
-
-  get size(): number {
-    return this.filled
-  }
-
-  /** The bytes to scan: the chunk itself if nothing is pending, else pending + chunk. */
-  begin(chunk: Uint8Array, expected: number): Uint8Array {
-    if (this.filled === 0) {
-      this.scanningStore = false
-      return chunk
-    }
-    const need = this.filled + chunk.length
-    if (need > this.store.length) {
-      // Geometric growth, but never past the frame's declared end when known,
-      // so a lying length cannot make us allocate ahead of the bytes received.
-      let cap = Math.max(need, this.store.length * 2)
-      if (expected > 0) cap = Math.max(need, Math.min(cap, expected))
-      const next = new Uint8Array(cap)
-      next.set(this.store.subarray(0, this.filled))
-      this.store = next
-    }
-    this.store.set(chunk, this.filled)
-    this.filled = need
-    this.scanningStore = true
-    return this.store.subarray(0, need)
-  }
-
-  /** Keeps `data[offset..]` for the next push. */
-  end(data: Uint8Array, offset: number, expected: number): void {
-    const rest = data.length - offset
-    if (rest === 0) {
-      this.store = EMPTY
-      this.filled = 0
-      return
-    }
-    // Nothing consumed from our own store: nothing of it was handed out, keep it.
-    if (this.scanningStore && offset === 0) return
-    // Views returned this push may point into `data`, so the tail moves to fresh memory.
-    let cap = Math.max(rest * 2, MIN_TAIL)
-    if (expected > 0) cap = Math.max(rest, Math.min(cap, expected))
-    const next = new Uint8Array(cap)
-    next.set(data.subarray(offset))
-    this.store = next
-    this.filled = rest
-  }
-
-  clear(): void {
-    this.store = EMPTY
-    this.filled = 0
-  }
-}
 
 const readInt32 = (b: Uint8Array, at: number): number =>
   ((b[at]! << 24) | (b[at + 1]! << 16) | (b[at + 2]! << 8) | b[at + 3]!) | 0
@@ -480,7 +424,7 @@ const readInt32 = (b: Uint8Array, at: number): number =>
  * emitting one item, or `off` when it needs more bytes (setting `expected`).
  */
 abstract class Framed<T> {
-  private readonly tail = new Tail()
+  private readonly tail = new PendingBytes(MIN_TAIL)
   private failure: ProtocolError | undefined
   /** Full size of the frame in progress, once its header is known; 0 otherwise. */
   protected expected = 0

@@ -5,36 +5,23 @@
  * parsers catch it and turn it into a typed protocol error value, so nothing
  * thrown here escapes the public API.
  */
+import { ByteReader } from "../internal/byteReader.ts"
+import { decodeText } from "../internal/text.ts"
+
+export { decodeText }
 
 /** A body whose fields do not fit its declared length. Internal to the codec. */
 export class MalformedMessage extends Error {
   readonly _tag = "MalformedMessage"
 }
 
-const decoder = new TextDecoder("utf-8")
-
-/** UTF-8 decode; invalid sequences become U+FFFD rather than throwing. */
-export const decodeText = (bytes: Uint8Array): string => decoder.decode(bytes)
-
-export class Reader {
-  private offset = 0
-  private readonly view: DataView
-
-  constructor(private readonly buf: Uint8Array) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+export class Reader extends ByteReader {
+  constructor(buf: Uint8Array) {
+    super(buf, "body")
   }
 
-  get remaining(): number {
-    return this.buf.length - this.offset
-  }
-
-  private need(n: number): number {
-    const at = this.offset
-    if (n < 0 || at + n > this.buf.length) {
-      throw new MalformedMessage(`needs ${n} bytes at offset ${at}, body is ${this.buf.length}`)
-    }
-    this.offset = at + n
-    return at
+  protected malformed(detail: string): Error {
+    return new MalformedMessage(detail)
   }
 
   uint8(): number {
@@ -62,13 +49,7 @@ export class Reader {
 
   /** A zero-copy view of the next `n` bytes. */
   bytes(n: number): Uint8Array {
-    const at = this.need(n)
-    return this.buf.subarray(at, at + n)
-  }
-
-  /** Everything up to the end of the body, zero-copy. */
-  rest(): Uint8Array {
-    return this.bytes(this.remaining)
+    return this.take(n)
   }
 
   /** int32 length, -1 meaning NULL, then that many bytes (Bind values, DataRow columns). */
@@ -80,17 +61,13 @@ export class Reader {
 
   /** A NUL-terminated UTF-8 string. */
   cstring(): string {
-    const start = this.offset
-    const end = this.buf.indexOf(0, start)
-    if (end === -1) throw new MalformedMessage(`unterminated string at offset ${start}`)
-    this.offset = end + 1
-    return decodeText(this.buf.subarray(start, end))
+    const b = this.untilNul()
+    if (b === undefined) throw new MalformedMessage(`unterminated string at offset ${this.offset}`)
+    return decodeText(b)
   }
 
   /** Fails unless the whole body was consumed: trailing bytes mean we misread the message. */
   end(): void {
-    if (this.offset !== this.buf.length) {
-      throw new MalformedMessage(`${this.buf.length - this.offset} trailing bytes`)
-    }
+    this.checkEnd()
   }
 }
