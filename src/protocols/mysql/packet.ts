@@ -6,7 +6,7 @@
  * bytes with consecutive sequence ids, ended by a shorter (possibly empty)
  * one; the receiver joins them into one logical packet.
  *
- * Buffering follows pg-protocol's `mergeBuffer` (as in ../postgres/parser.ts):
+ * Buffering follows pg-protocol's `mergeBuffer` (../internal/pendingBytes.ts):
  * a packet that arrives whole is cut straight out of the pushed chunk (zero
  * copy); only an unfinished tail is copied, into memory that grows
  * geometrically up to the declared length, so a 16 MiB packet arriving in
@@ -15,6 +15,7 @@
  * mutate chunks they push. Only logical packets made of several wire
  * packets are copied (once, when the last piece arrives).
  */
+import { EMPTY, PendingBytes, concatBytes } from "../internal/pendingBytes.ts"
 import { MAX_PACKET_PAYLOAD } from "./messages.ts"
 
 // ---------------------------------------------------------------------------
@@ -101,71 +102,8 @@ export const framePacket = (payload: Uint8Array, sequenceId: number): Uint8Array
 // Reading
 // ---------------------------------------------------------------------------
 
-const EMPTY = new Uint8Array(0)
+/** Smallest store allocated for a leftover tail (as in the PostgreSQL parser). */
 const MIN_TAIL = 8 * 1024
-
-/** Holds the unfinished tail between pushes (the same scheme as the PostgreSQL parser). */
-class Tail {
-  private store: Uint8Array = EMPTY
-  private filled = 0
-  private scanningStore = false
-
-  get size(): number {
-    return this.filled
-  }
-
-  begin(chunk: Uint8Array, expected: number): Uint8Array {
-    if (this.filled === 0) {
-      this.scanningStore = false
-      return chunk
-    }
-    const need = this.filled + chunk.length
-    if (need > this.store.length) {
-      // Geometric growth, capped at the packet's declared end when known, so a
-      // lying length cannot make us allocate ahead of the bytes received.
-      let cap = Math.max(need, this.store.length * 2)
-      if (expected > 0) cap = Math.max(need, Math.min(cap, expected))
-      const next = new Uint8Array(cap)
-      next.set(this.store.subarray(0, this.filled))
-      this.store = next
-    }
-    this.store.set(chunk, this.filled)
-    this.filled = need
-    this.scanningStore = true
-    return this.store.subarray(0, need)
-  }
-
-  end(data: Uint8Array, offset: number, expected: number): void {
-    const rest = data.length - offset
-    if (rest === 0) {
-      this.clear()
-      return
-    }
-    if (this.scanningStore && offset === 0) return
-    // Views handed out this push may point into `data`: the tail moves to fresh memory.
-    let cap = Math.max(rest * 2, MIN_TAIL)
-    if (expected > 0) cap = Math.max(rest, Math.min(cap, expected))
-    const next = new Uint8Array(cap)
-    next.set(data.subarray(offset))
-    this.store = next
-    this.filled = rest
-  }
-
-  clear(): void {
-    this.store = EMPTY
-    this.filled = 0
-  }
-}
-
-const concat = (parts: ReadonlyArray<Uint8Array>, size: number): Uint8Array => {
-  const out = new Uint8Array(size)
-  let at = 0
-  for (const p of parts) {
-    out.set(p, at)
-    at += p.length
-  }
-  return out
-}
 
 /**
  * Shared push loop: frames wire packets, joins split payloads, hands each
@@ -174,7 +112,7 @@ const concat = (parts: ReadonlyArray<Uint8Array>, size: number): Uint8Array => {
  * SSLRequest) bytes are kept unparsed for `drain()`.
  */
 export abstract class PacketFramer<T> {
-  private readonly tail = new Tail()
+  private readonly tail = new PendingBytes(MIN_TAIL)
   private failure: ProtocolError | undefined
   private expected = 0
   private parts: Array<Uint8Array> = []
@@ -233,7 +171,7 @@ export abstract class PacketFramer<T> {
       let whole = payload
       if (joining) {
         this.parts.push(payload)
-        whole = concat(this.parts, this.partsSize + len)
+        whole = concatBytes(this.parts, this.partsSize + len)
         this.parts = []
         this.partsSize = 0
       }

@@ -78,8 +78,8 @@ const readAttributes = (r: Reader): Array<ConnectAttribute> => {
   return attrs
 }
 
-/** Parameter types whose binary value is a string<lenenc>. */
-const LENENC_TYPES: ReadonlySet<number> = new Set([
+/** Parameter types whose binary value is a string<lenenc> (the serializer writes them from this same set; not part of index.ts). */
+export const LENENC_TYPES: ReadonlySet<number> = new Set([
   ColumnType.DECIMAL,
   ColumnType.NEWDECIMAL,
   ColumnType.VARCHAR,

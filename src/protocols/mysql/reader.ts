@@ -1,44 +1,32 @@
 /**
- * Bounds-checked little-endian reader over one MySQL packet payload.
+ * Bounds-checked little-endian reader over one MySQL packet payload (the
+ * cursor is shared with PostgreSQL's reader, in ../internal/byteReader.ts).
  *
  * Every read that would run past the end throws `MalformedPacket`; the
  * parsers catch it and return a typed protocol error value, so nothing thrown
  * here escapes the public API.
  */
+import { ByteReader } from "../internal/byteReader.ts"
+import { decodeText } from "../internal/text.ts"
+
+export { decodeText }
 
 /** A payload whose fields do not fit its length. Internal to the codec. */
 export class MalformedPacket extends Error {
   readonly _tag = "MalformedPacket"
 }
 
-const decoder = new TextDecoder("utf-8")
-
-/** UTF-8 decode; invalid sequences become U+FFFD rather than throwing. */
-export const decodeText = (bytes: Uint8Array): string => decoder.decode(bytes)
-
-export class Reader {
-  private offset = 0
-  private readonly view: DataView
-
-  constructor(private readonly buf: Uint8Array) {
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+export class Reader extends ByteReader {
+  constructor(buf: Uint8Array) {
+    super(buf, "payload")
   }
 
-  get remaining(): number {
-    return this.buf.length - this.offset
+  protected malformed(detail: string): Error {
+    return new MalformedPacket(detail)
   }
 
   get position(): number {
     return this.offset
-  }
-
-  private need(n: number, what: string): number {
-    const at = this.offset
-    if (n < 0 || at + n > this.buf.length) {
-      throw new MalformedPacket(`${what}: needs ${n} bytes at offset ${at}, payload is ${this.buf.length}`)
-    }
-    this.offset = at + n
-    return at
   }
 
   /** The next byte without consuming it, or -1 at the end. */
@@ -129,13 +117,7 @@ export class Reader {
 
   /** A zero-copy view of the next `n` bytes. */
   bytes(n: number, what = "string<fix>"): Uint8Array {
-    const at = this.need(n, what)
-    return this.buf.subarray(at, at + n)
-  }
-
-  /** Everything up to the end of the payload, zero-copy. */
-  rest(): Uint8Array {
-    return this.bytes(this.remaining)
+    return this.take(n, what)
   }
 
   restString(): string {
@@ -144,11 +126,9 @@ export class Reader {
 
   /** string<NUL> as bytes; a missing NUL is a truncated field. */
   nulBytes(what = "string<NUL>"): Uint8Array {
-    const start = this.offset
-    const end = this.buf.indexOf(0, start)
-    if (end === -1) throw new MalformedPacket(`${what}: not NUL-terminated`)
-    this.offset = end + 1
-    return this.buf.subarray(start, end)
+    const b = this.untilNul()
+    if (b === undefined) throw new MalformedPacket(`${what}: not NUL-terminated`)
+    return b
   }
 
   nulString(what = "string<NUL>"): string {
@@ -161,8 +141,6 @@ export class Reader {
 
   /** Fails unless the whole payload was consumed: trailing bytes mean we misread the packet. */
   end(what = "packet"): void {
-    if (this.offset !== this.buf.length) {
-      throw new MalformedPacket(`${what}: ${this.buf.length - this.offset} trailing bytes`)
-    }
+    this.checkEnd(what)
   }
 }

@@ -17,6 +17,7 @@ import type {
   ServerMessage
 } from "./messages.ts"
 import { framePacket } from "./packet.ts"
+import { LENENC_TYPES } from "./parser.ts"
 import type { ProtocolError } from "./packet.ts"
 import { Writer } from "./writer.ts"
 
@@ -27,24 +28,6 @@ const writeAttributes = (w: Writer, attrs: ReadonlyArray<ConnectAttribute>): voi
   for (const [k, v] of attrs) block.lenencString(k).lenencString(v)
   w.lenencBytes(block.finish())
 }
-
-const LENENC_TYPES: ReadonlySet<number> = new Set([
-  ColumnType.DECIMAL,
-  ColumnType.NEWDECIMAL,
-  ColumnType.VARCHAR,
-  ColumnType.BIT,
-  ColumnType.ENUM,
-  ColumnType.SET,
-  ColumnType.TINY_BLOB,
-  ColumnType.MEDIUM_BLOB,
-  ColumnType.LONG_BLOB,
-  ColumnType.BLOB,
-  ColumnType.VAR_STRING,
-  ColumnType.STRING,
-  ColumnType.GEOMETRY,
-  ColumnType.JSON,
-  ColumnType.VECTOR
-])
 
 const wrongValue = (type: number, v: BinaryValue): never => {
   throw new RangeError(`value ${String(v)} does not fit parameter type 0x${type.toString(16)}`)

@@ -1,50 +1,21 @@
 /**
- * Growable little-endian writer for MySQL packet payloads.
+ * Growable little-endian writer for MySQL packet payloads (the buffer and the
+ * integer types MySQL shares with PostgreSQL live in ../internal/byteWriter.ts;
+ * int<3>, int<8>, floats and int<lenenc> are MySQL's alone).
  *
  * Values out of range for their wire type are programming errors and throw
  * `RangeError` instead of silently wrapping into a different, valid-looking packet.
  */
+import { ByteWriter, checkInt } from "../internal/byteWriter.ts"
+import { encodeText } from "../internal/text.ts"
 
-const encoder = new TextEncoder()
+export { encodeText }
 
-/** UTF-8 bytes of `s`. */
-export const encodeText = (s: string): Uint8Array => encoder.encode(s)
+const NAMES = { uint8: "int<1>", int16: "signed int<2>", int32: "signed int<4>", uint32: "int<4>" } as const
 
-export class Writer {
-  private buf: Uint8Array
-  private view: DataView
-  private pos = 0
-
+export class Writer extends ByteWriter {
   constructor(initialSize = 128) {
-    this.buf = new Uint8Array(initialSize)
-    this.view = new DataView(this.buf.buffer)
-  }
-
-  get length(): number {
-    return this.pos
-  }
-
-  /** Reserves `n` bytes and returns where they start; may replace `buf` and `view`, so call it before touching them. */
-  private ensure(n: number): number {
-    const at = this.pos
-    const need = at + n
-    if (need > this.buf.length) {
-      let size = this.buf.length * 2
-      while (size < need) size *= 2
-      const next = new Uint8Array(size)
-      next.set(this.buf.subarray(0, at))
-      this.buf = next
-      this.view = new DataView(next.buffer)
-    }
-    this.pos = need
-    return at
-  }
-
-  uint8(v: number): this {
-    checkInt(v, 0, 0xff, "int<1>")
-    const at = this.ensure(1)
-    this.buf[at] = v
-    return this
+    super(initialSize, true, NAMES)
   }
 
   int8(v: number): this {
@@ -61,33 +32,12 @@ export class Writer {
     return this
   }
 
-  int16(v: number): this {
-    checkInt(v, -0x8000, 0x7fff, "signed int<2>")
-    const at = this.ensure(2)
-    this.view.setInt16(at, v, true)
-    return this
-  }
-
   uint24(v: number): this {
     checkInt(v, 0, 0xffffff, "int<3>")
     const at = this.ensure(3)
     this.buf[at] = v & 0xff
     this.buf[at + 1] = (v >>> 8) & 0xff
     this.buf[at + 2] = v >>> 16
-    return this
-  }
-
-  uint32(v: number): this {
-    checkInt(v, 0, 0xffffffff, "int<4>")
-    const at = this.ensure(4)
-    this.view.setUint32(at, v, true)
-    return this
-  }
-
-  int32(v: number): this {
-    checkInt(v, -0x80000000, 0x7fffffff, "signed int<4>")
-    const at = this.ensure(4)
-    this.view.setInt32(at, v, true)
     return this
   }
 
@@ -128,12 +78,6 @@ export class Writer {
     return this.uint8(0xfe).uint64(n)
   }
 
-  bytes(b: Uint8Array): this {
-    const at = this.ensure(b.length)
-    this.buf.set(b, at)
-    return this
-  }
-
   zeros(n: number): this {
     const at = this.ensure(n)
     this.buf.fill(0, at, this.pos)
@@ -145,30 +89,16 @@ export class Writer {
   }
 
   lenencString(s: string): this {
-    return this.lenencBytes(encoder.encode(s))
-  }
-
-  /** UTF-8 bytes without terminator or length (string<EOF>, string<fix>). */
-  string(s: string): this {
-    return this.bytes(encoder.encode(s))
+    return this.lenencBytes(encodeText(s))
   }
 
   /** string<NUL>. A NUL inside would end the field early on the wire, so it is refused. */
   nulString(s: string): this {
-    return this.nulBytes(encoder.encode(s))
+    return this.nulBytes(encodeText(s))
   }
 
   nulBytes(b: Uint8Array): this {
-    if (b.includes(0)) throw new RangeError("string<NUL> contains a NUL byte")
-    return this.bytes(b).uint8(0)
-  }
-
-  /** The bytes written so far (a view; the writer must not be reused afterwards). */
-  finish(): Uint8Array {
-    return this.buf.subarray(0, this.pos)
+    return this.nulTerminated(b, "string<NUL>")
   }
 }
 
-const checkInt = (v: number, min: number, max: number, what: string): void => {
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${v} is not a valid ${what}`)
-}
