@@ -16,6 +16,7 @@
  * views of the chunk or of that buffer, which is never written again once
  * it has backed a value.
  */
+import { PendingBytes } from "../internal/pendingBytes.ts"
 import { RespType } from "./resp.ts"
 import type { RespValue } from "./resp.ts"
 
@@ -81,56 +82,11 @@ export interface ParserOptions {
 }
 
 // ---------------------------------------------------------------------------
-// Buffering (the same scheme as the PostgreSQL and MySQL parsers)
+// Buffering (the scheme the PostgreSQL and MySQL parsers share, ../internal/pendingBytes.ts)
 // ---------------------------------------------------------------------------
 
-const EMPTY = new Uint8Array(0)
+/** Smallest store allocated for a leftover tail: 4 KiB, the RESP parser's own setting (PostgreSQL and MySQL use 8 KiB). */
 const MIN_TAIL = 4 * 1024
-
-class Tail {
-  private store: Uint8Array = EMPTY
-  private filled = 0
-  private scanningStore = false
-
-  begin(chunk: Uint8Array, expected: number): Uint8Array {
-    if (this.filled === 0) {
-      this.scanningStore = false
-      return chunk
-    }
-    const need = this.filled + chunk.length
-    if (need > this.store.length) {
-      let cap = Math.max(need, this.store.length * 2)
-      if (expected > 0) cap = Math.max(need, Math.min(cap, expected))
-      const next = new Uint8Array(cap)
-      next.set(this.store.subarray(0, this.filled))
-      this.store = next
-    }
-    this.store.set(chunk, this.filled)
-    this.filled = need
-    this.scanningStore = true
-    return this.store.subarray(0, need)
-  }
-
-  end(data: Uint8Array, offset: number, expected: number): void {
-    const rest = data.length - offset
-    if (rest === 0) {
-      this.clear()
-      return
-    }
-    if (this.scanningStore && offset === 0) return
-    let cap = Math.max(rest * 2, MIN_TAIL)
-    if (expected > 0) cap = Math.max(rest, Math.min(cap, expected))
-    const next = new Uint8Array(cap)
-    next.set(data.subarray(offset))
-    this.store = next
-    this.filled = rest
-  }
-
-  clear(): void {
-    this.store = EMPTY
-    this.filled = 0
-  }
-}
 
 // ---------------------------------------------------------------------------
 // Parser
@@ -176,7 +132,7 @@ const pairs = (items: ReadonlyArray<RespValue>): Array<readonly [RespValue, Resp
 export type ParseResult = RespValue | ProtocolError
 
 export class RespParser {
-  private readonly tail = new Tail()
+  private readonly tail = new PendingBytes(MIN_TAIL)
   private failure: ProtocolError | undefined
   private expected = 0
   /** Bytes of the current line already searched for LF (never rescanned). */

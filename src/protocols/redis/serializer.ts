@@ -3,10 +3,11 @@
  * helpers. Values that cannot be encoded faithfully (a CR/LF inside a simple
  * string, a verbatim format that is not 3 bytes) throw `RangeError`.
  */
+import { concatBytes } from "../internal/pendingBytes.ts"
+import { encodeText } from "../internal/text.ts"
 import type { RespValue } from "./resp.ts"
 import type { ProtocolError } from "./parser.ts"
 
-const encoder = new TextEncoder()
 const CRLF = new Uint8Array([0x0d, 0x0a])
 
 const line = (s: string): string => {
@@ -63,7 +64,7 @@ const write = (v: RespValue, out: Array<Uint8Array | string>): void => {
       out.push(`!${v.value.length}\r\n`, v.value, CRLF)
       return
     case "verbatim": {
-      const format = encoder.encode(v.format)
+      const format = encodeText(v.format)
       if (format.length !== 3 || format.includes(0x3a)) throw new RangeError("verbatim format must be 3 bytes without ':'")
       out.push(`=${v.value.length + 4}\r\n${v.format}:`, v.value, CRLF)
       return
@@ -95,23 +96,17 @@ const write = (v: RespValue, out: Array<Uint8Array | string>): void => {
 export const serialize = (v: RespValue): Uint8Array => {
   const pieces: Array<Uint8Array | string> = []
   write(v, pieces)
-  const bytes = pieces.map((p) => (typeof p === "string" ? encoder.encode(p) : p))
+  const bytes = pieces.map((p) => (typeof p === "string" ? encodeText(p) : p))
   let size = 0
   for (const b of bytes) size += b.length
-  const out = new Uint8Array(size)
-  let at = 0
-  for (const b of bytes) {
-    out.set(b, at)
-    at += b.length
-  }
-  return out
+  return concatBytes(bytes, size)
 }
 
 /** A command as a client sends it: an array of bulk strings. */
 export const serializeCommand = (name: string, args: ReadonlyArray<Uint8Array | string>): Uint8Array =>
   serialize({
     kind: "array",
-    value: [name, ...args].map((a) => ({ kind: "bulk" as const, value: typeof a === "string" ? encoder.encode(a) : a }))
+    value: [name, ...args].map((a) => ({ kind: "bulk" as const, value: typeof a === "string" ? encodeText(a) : a }))
   })
 
 /**
