@@ -110,6 +110,10 @@ const MIN_TAIL = 8 * 1024
  * logical packet to `onPacket`. After a failure the parser refuses all
  * further input, returning the same error again. While `paused` (after an
  * SSLRequest) bytes are kept unparsed for `drain()`.
+ *
+ * Only the buffer is shared with the PostgreSQL and RESP parsers: this loop
+ * also joins 0xffffff-byte continuation packets and checks sequence ids,
+ * which their frames do not have, so it stays MySQL's own.
  */
 export abstract class PacketFramer<T> {
   private readonly tail = new PendingBytes(MIN_TAIL)
