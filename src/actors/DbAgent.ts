@@ -36,10 +36,16 @@ export const make = (options: {
     yield* Effect.addFinalizer(() => buffer.close)
 
     // Uploads the buffer in order; a failure leaves everything in place for the next round.
+    // Batches stay near 1 MiB, well inside what the proxy reads, however long the backlog.
     const upload = Effect.gen(function* () {
       for (;;) {
-        const { events, next } = yield* buffer.pending(200)
-        if (events.length === 0) return
+        const { events, from, next } = yield* buffer.pending(200, 1024 * 1024)
+        if (events.length === 0) {
+          // Only unreadable (torn) lines: step over them, or they would hold back every later event.
+          if (next === from) return
+          yield* buffer.acknowledge(next)
+          continue
+        }
         yield* agentPost(proxy, identity, "/v1/webapi/agent/events", { events })
         yield* buffer.acknowledge(next)
       }

@@ -39,6 +39,11 @@ export interface ProxyWebSettings {
 }
 
 const MAX_BODY = 64 * 1024
+/**
+ * An agent's audit upload: a batch of events, each as long as the query it records. The agent
+ * sends at most about 1 MiB at a time; this leaves room for one very long query.
+ */
+const MAX_AGENT_EVENTS_BODY = 16 * 1024 * 1024
 
 
 const sendJson = (res: http.ServerResponse, status: number, body: unknown) => {
@@ -63,8 +68,8 @@ const sendHtml = (res: http.ServerResponse, status: number, html: string, nonce:
   res.end(html)
 }
 
-const readJson = (req: http.IncomingMessage): Promise<unknown> =>
-  readBody(req, MAX_BODY).then((text) => {
+const readJson = (req: http.IncomingMessage, maxBytes: number): Promise<unknown> =>
+  readBody(req, maxBytes).then((text) => {
     try {
       return text === "" ? {} : (JSON.parse(text) as unknown)
     } catch {
@@ -162,7 +167,8 @@ export const make = (settings: ProxyWebSettings) =>
         const path = url.pathname
         const method = req.method ?? "GET"
         const remote = req.socket.remoteAddress
-        const body = method === "POST" ? yield* Effect.tryPromise({ try: () => readJson(req), catch: (e) => e as Error }).pipe(
+        const limit = path === "/v1/webapi/agent/events" ? MAX_AGENT_EVENTS_BODY : MAX_BODY
+        const body = method === "POST" ? yield* Effect.tryPromise({ try: () => readJson(req, limit), catch: (e) => e as Error }).pipe(
           Effect.catchAll((e) => Effect.succeed({ __error: e.message }))
         ) : undefined
         if (body !== undefined && typeof body === "object" && body !== null && "__error" in body) {

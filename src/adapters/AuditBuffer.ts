@@ -24,6 +24,15 @@ export const open = (dataDir: string) => {
   const file = path.join(dataDir, "audit-buffer.jsonl")
   const offsetFile = path.join(dataDir, "audit-buffer.offset")
   const fd = fs.openSync(file, "a", 0o600)
+  // A crash mid-append leaves a line without its newline: end it, so the next event starts a line of its own.
+  const size0 = fs.fstatSync(fd).size
+  if (size0 > 0) {
+    const last = Buffer.alloc(1)
+    const r = fs.openSync(file, "r")
+    fs.readSync(r, last, 0, 1, size0 - 1)
+    fs.closeSync(r)
+    if (last[0] !== 0x0a) fs.writeSync(fd, "\n")
+  }
   const readOffset = () => (fs.existsSync(offsetFile) ? Number(fs.readFileSync(offsetFile, "utf8")) || 0 : 0)
   const writeOffset = (n: number) => {
     const tmp = `${offsetFile}.tmp`
@@ -41,31 +50,47 @@ export const open = (dataDir: string) => {
       fs.fsyncSync(fd)
     })
 
-  /** The oldest unacknowledged events (at most `max`) and the offset that acknowledges them. */
-  const pending = (max: number) =>
+  /**
+   * The oldest unacknowledged events (at most `max`, and about `maxBytes` of JSON, but always the
+   * first one however long) and the offset that acknowledges them.
+   */
+  const pending = (max: number, maxBytes = 1024 * 1024) =>
     Effect.sync(() => {
       const from = readOffset()
       const size = fs.fstatSync(fd).size
-      if (size <= from) return { events: [] as Array<BufferedEvent>, next: from }
-      const len = Math.min(size - from, 4 * 1024 * 1024)
-      const buf = Buffer.alloc(len)
+      if (size <= from) return { events: [] as Array<BufferedEvent>, from, next: from }
       // The append fd is write-only; a read fd per call, closed again (the uploader polls twice a second).
       const rfd = fs.openSync(file, "r")
+      let buf: Buffer
       try {
-        fs.readSync(rfd, buf, 0, len, from)
+        // Read a window; a first line longer than it (one very long query) doubles the window.
+        let len = Math.min(size - from, Math.max(maxBytes, 64 * 1024))
+        for (;;) {
+          buf = Buffer.alloc(len)
+          len = fs.readSync(rfd, buf, 0, len, from)
+          buf = buf.subarray(0, len)
+          if (len === 0 || buf.includes(0x0a) || from + len >= size) break
+          len = Math.min(size - from, len * 2)
+        }
       } finally {
         fs.closeSync(rfd)
       }
-      const text = buf.toString("utf8")
       const events: Array<BufferedEvent> = []
       let consumed = 0
-      for (const line of text.split("\n")) {
-        // A line without its newline is still being written (or was torn by a crash): stop there.
-        if (consumed + line.length >= text.length || events.length >= max) break
-        consumed += Buffer.byteLength(line) + 1
-        if (line.trim() !== "") events.push(JSON.parse(line) as BufferedEvent)
+      // Only whole lines: a line without its newline is still being written (or was torn by a crash).
+      for (let nl = buf.indexOf(0x0a, consumed); nl !== -1; nl = buf.indexOf(0x0a, consumed)) {
+        if (events.length >= max || (events.length > 0 && nl + 1 > maxBytes)) break
+        const line = buf.subarray(consumed, nl).toString("utf8")
+        consumed = nl + 1
+        // A line torn by a crash cannot be sent: skip it rather than stop every later upload.
+        if (line.trim() === "") continue
+        try {
+          events.push(JSON.parse(line) as BufferedEvent)
+        } catch {
+          continue
+        }
       }
-      return { events, next: from + consumed }
+      return { events, from, next: from + consumed }
     })
 
   const acknowledge = (next: number) =>
