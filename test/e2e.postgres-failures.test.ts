@@ -160,6 +160,17 @@ describe("PostgreSQL access under load and failure", () => {
       200
     )
 
+  /** True once the agent's audit buffer holds nothing unacknowledged. */
+  const waitDrained = async (timeoutMs: number) => {
+    const pendingBytes = () => {
+      const file = s.tmp("agent/audit-buffer.jsonl")
+      const size = fs.existsSync(file) ? fs.statSync(file).size : 0
+      const off = s.tmp("agent/audit-buffer.offset")
+      return size - (fs.existsSync(off) ? Number(fs.readFileSync(off, "utf8")) || 0 : 0)
+    }
+    return (await poll(() => Promise.resolve(pendingBytes()), (n) => n === 0, timeoutMs, 250)) === 0
+  }
+
   /** Every db.session.query whose text contains `needle`, once the expected count is there. */
   const queriesLike = async (needle: string, count: number, timeoutMs = 30_000) => {
     const all = await poll(
@@ -183,8 +194,12 @@ describe("PostgreSQL access under load and failure", () => {
     const failed = /number of failed transactions: (\d+)/.exec(bench.stdout)
     if (failed !== null) expect(Number(failed[1])).toBe(0)
 
-    const updates = await queriesLike("UPDATE pgbench_accounts", 1, 60_000)
-    expect(updates.length).toBeGreaterThan(0)
+    // Every transaction's UPDATE reaches the audit log once the agent's buffer has drained.
+    const drainStarted = Date.now()
+    expect(await waitDrained(240_000)).toBe(true)
+    console.log(`audit buffer drained ${Date.now() - drainStarted} ms after pgbench (${processed?.[1]} transactions)`)
+    const updates = await queriesLike("UPDATE pgbench_accounts", Number(processed?.[1]), 60_000)
+    expect(updates.length).toBeGreaterThanOrEqual(Number(processed?.[1]))
     const withParams = updates.find((q) => Array.isArray(q["db_query_parameters"]))
     expect(withParams).toBeDefined()
     expect((withParams!["db_query_parameters"] as Array<unknown>).length).toBe(2)
@@ -212,6 +227,18 @@ describe("PostgreSQL access under load and failure", () => {
     const out = await s.psql("\\copy (select id, body from notes where id >= 1000 and id < 3000 order by id) to STDOUT")
     expect(out.code).toBe(0)
     expect(out.stdout.trimEnd().split("\n")).toEqual(rows)
+  }, 120_000)
+
+  it("a query longer than the proxy's web API body limit is audited, and does not hold back later events", async () => {
+    const long = `select length('${"x".repeat(200 * 1024)}') as long_query_${Date.now()}`
+    const r = await run("psql", ["service=main-pg1", "-At"], { env: s.env(), input: `${long};\n` })
+    expect(r.stdout.trim()).toBe(String(200 * 1024))
+    const after = `select 'after the long query ${Date.now()}'`
+    expect((await s.psql(after)).code).toBe(0)
+    expect((await queriesLike(after, 1, 60_000)).length).toBe(1)
+    const logged = await queriesLike(long.slice(-40), 1, 10_000)
+    expect(logged.length).toBe(1)
+    expect(String(logged[0]!["db_query"]).length).toBeGreaterThan(200 * 1024)
   }, 120_000)
 
   describe("bad input on the proxy port closes only that connection", () => {
@@ -277,6 +304,10 @@ describe("PostgreSQL access under load and failure", () => {
         const got = await readAll(sock)
         expect(got.timedOut).toBe(false)
       }
+      // A plaintext StartupMessage (sslmode=disable): an ErrorResponse says TLS is required.
+      const plain = await run("psql", ["service=main-pg1 sslmode=disable", "-Atc", "select 1"], { env: s.env() })
+      expect(plain.code).not.toBe(0)
+      expect(plain.stderr).toMatch(/only TLS/)
       // Garbage after a PostgreSQL SSLRequest: TLS fails, only that socket closes.
       const raw = net.connect(s.c.port, "127.0.0.1")
       await new Promise((r) => raw.once("connect", r))
@@ -326,11 +357,15 @@ describe("PostgreSQL access under load and failure", () => {
     const before = `select 'before restart ${Date.now()}'`
     expect((await s.psql(before)).code).toBe(0)
     await queriesLike(before, 1)
+    const agentPid = s.agent().child.pid
     await s.restartServer()
     const after = `select 'after restart ${Date.now()}'`
     const r = await poll(() => s.psql(after), (x) => x.code === 0, 60_000, 500)
     expect(r.stderr).toBe("")
     expect(r.code).toBe(0)
+    // The same agent process, reconnected on its own.
+    expect(s.agent().child.pid).toBe(agentPid)
+    expect(s.agent().child.exitCode).toBeNull()
     expect((await queriesLike(before, 1)).length).toBe(1)
     await queriesLike(after, 1)
     await sleep(1_500)
@@ -351,6 +386,11 @@ describe("PostgreSQL access under load and failure", () => {
     const q1 = await queriesLike(`${tag} 1`, 1, 60_000)
     const q2 = await queriesLike(`${tag} 2`, 1, 60_000)
     const sleeps = await queriesLike("pg_sleep(6)", 1, 60_000)
+    if (q1.length !== 1) {
+      const buf = (f: string) => (fs.existsSync(s.tmp(`agent/${f}`)) ? fs.readFileSync(s.tmp(`agent/${f}`), "utf8") : "(none)")
+      console.log("AGENT", s.agent().output().slice(-4000), "\nSERVER", s.server().output().slice(-4000), "\nBUFFER", buf("audit-buffer.jsonl").slice(-3000), "\nOFFSET", buf("audit-buffer.offset"))
+      console.log("SESSIONS", JSON.stringify((await s.audit("db.session.start")).slice(-3)), JSON.stringify((await s.audit("db.session.query")).slice(-5)))
+    }
     expect(q1.length).toBe(1)
     expect(q2.length).toBe(1)
     expect(sleeps.length).toBe(1)

@@ -5,6 +5,7 @@
  *   00 00 00 08 04 d2 16 30   GSSENCRequest          -> answer `N`, then look again
  *   00 00 00 10 04 d2 16 2e   CancelRequest (16 B)   -> handed to the cancel handler, closed
  *   16 03 ..                  TLS ClientHello        -> TLS, then routed by ALPN
+ *   .. .. .. .. 00 03 00 00   plaintext StartupMessage -> ErrorResponse "TLS required", closed
  *
  * After TLS, ALPN picks the handler (`remoteler-tunnel`, `remoteler-postgres`, ...); no ALPN or
  * `http/1.1` goes to the web API. Client certificates are requested but checked by each handler,
@@ -16,6 +17,7 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import { Effect } from "effect"
 import type { Scope } from "effect"
+import { toErrorResponse } from "../protocols/postgres/errors.ts"
 
 export interface ListenerHandlers {
   /** The web API (HTTP/1.1 over TLS). */
@@ -31,6 +33,11 @@ export interface ListenerHandlers {
 const SSL_REQUEST = 80877103
 const GSSENC_REQUEST = 80877104
 const CANCEL_REQUEST = 80877102
+const PROTOCOL_3_0 = 196608
+// psql with sslmode=disable (or prefer against a refusing server) speaks plaintext: tell it why.
+const TLS_REQUIRED = Buffer.from(
+  toErrorResponse({ severity: "FATAL", code: "28000", message: "this proxy accepts only TLS connections: use sslmode=verify-full with the certificate from 'tsh db login'" })
+)
 const SNIFF_TIMEOUT_MS = 10_000
 
 const splitHostPort = (addr: string): { host: string; port: number } => {
@@ -99,6 +106,10 @@ export const listen = (
           return
         }
         cleanup()
+        if (code === PROTOCOL_3_0 && length >= 8 && length <= 10_240) {
+          socket.end(TLS_REQUIRED)
+          return
+        }
         socket.destroy()
       }
       const cleanup = () => {
