@@ -85,9 +85,9 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
     const { port1: port, port2 } = new MessageChannel()
     const data: WriterData = { port: port2, filename: options.filename, busyTimeoutMs: options.busyTimeoutMs, maxPageCount: options.maxPageCount }
     const worker = new Worker(new URL("./sqliteWriter.worker.mjs", import.meta.url), { workerData: data, transferList: [port2] })
-    // The port keeps the process alive while a request is outstanding, and only then.
+    // The port keeps the process alive while the worker starts and while a request is
+    // outstanding, and only then.
     worker.unref()
-    port.unref()
 
     type Resume = (result: Effect.Effect<unknown, StoreError>) => void
     const waiting = new Map<number, Resume>()
@@ -139,6 +139,7 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
     }
     const stop = (error: StoreError) => {
       state = "closed"
+      port.unref()
       onStarted?.(error)
       onStarted = undefined
       failAll(error)
@@ -148,6 +149,7 @@ export const make = (options: SqliteWriterOptions): Effect.Effect<Writer, StoreE
       switch (message._tag) {
         case "Ready":
           state = "open"
+          if (waiting.size === 0) port.unref()
           onStarted?.(undefined)
           onStarted = undefined
           return
