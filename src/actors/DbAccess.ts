@@ -212,31 +212,46 @@ export const make = (deps: {
 
       "web.agent_events": (req) =>
         Effect.gen(function* () {
-          let stored = 0
+          // Validate everything first: a bad event refuses the whole upload, before anything is stored.
+          const drafts: Array<{ sid: string; draft: EventDraft }> = []
           for (const e of req.events) {
             if (!DB_EVENT_TYPES.has(e.type)) return yield* new BadParameter({ message: `agents may not report ${e.type}` })
             const schema = EventTypes[e.type as keyof typeof EventTypes].payload as Schema.Schema<unknown, unknown>
             const payload: Record<string, unknown> = { ...(e.payload as Record<string, unknown>), server_id: req.host_id }
-            const ok = Schema.decodeUnknownEither(schema)(payload)
-            if (ok._tag === "Left") return yield* new BadParameter({ message: `bad ${e.type} event from agent ${req.host_id}` })
-            const sid = String(payload["sid"])
-            // A retried upload repeats ids: the store refuses those, which means they are already in.
-            const appended = yield* Effect.either(
-              store.append({
-                stream: `session/${sid}`,
-                expectedVersion: "any",
-                events: [{ id: e.id, time: e.time, type: e.type, code: e.code, actor: req.host_id, payload }]
-              })
-            )
-            if (appended._tag === "Left" && !/already exists/.test(appended.left.message)) {
-              return yield* new Unavailable({ message: `event store: ${appended.left.message}` })
+            if (Schema.decodeUnknownEither(schema)(payload)._tag === "Left") {
+              return yield* new BadParameter({ message: `bad ${e.type} event from agent ${req.host_id}` })
             }
-            if (appended._tag === "Right") {
-              stored++
-              yield* projector.awaitSeq(appended.right[appended.right.length - 1]!.seq).pipe(Effect.ignore)
-            }
+            drafts.push({ sid: String(payload["sid"]), draft: { id: e.id, time: e.time, type: e.type, code: e.code, actor: req.host_id, payload } })
           }
-          return { stored }
+          // One append per session (in the agent's order); the sessions' appends share the store's
+          // group commit. A retried upload repeats ids, which the store refuses: then each event of
+          // that session goes alone, so the ones already stored are skipped and the rest go in.
+          const bySession = new Map<string, Array<EventDraft>>()
+          for (const { sid, draft } of drafts) bySession.set(sid, [...(bySession.get(sid) ?? []), draft])
+          const alreadyIn = (m: string) => /already exists/.test(m)
+          const results = yield* Effect.forEach(
+            [...bySession],
+            ([sid, events]) =>
+              Effect.gen(function* () {
+                const all = yield* Effect.either(store.append({ stream: `session/${sid}`, expectedVersion: "any", events }))
+                if (all._tag === "Right") return { stored: events.length, seq: all.right[all.right.length - 1]!.seq }
+                if (!alreadyIn(all.left.message)) return yield* new Unavailable({ message: `event store: ${all.left.message}` })
+                let stored = 0
+                let seq = 0
+                for (const event of events) {
+                  const one = yield* Effect.either(store.append({ stream: `session/${sid}`, expectedVersion: "any", events: [event] }))
+                  if (one._tag === "Right") {
+                    stored++
+                    seq = one.right[0]!.seq
+                  } else if (!alreadyIn(one.left.message)) return yield* new Unavailable({ message: `event store: ${one.left.message}` })
+                }
+                return { stored, seq }
+              }),
+            { concurrency: "unbounded" }
+          )
+          const last = Math.max(0, ...results.map((r) => r.seq))
+          if (last > 0) yield* projector.awaitSeq(last).pipe(Effect.ignore)
+          return { stored: results.reduce((n, r) => n + r.stored, 0) }
         })
     }
     return handlers

@@ -43,11 +43,29 @@ export const open = (dataDir: string) => {
     fs.renameSync(tmp, offsetFile)
   }
 
+  // Group fsync: every append waits for an fsync that started after its write, but concurrent
+  // sessions share one. The fsync runs on libuv's thread pool, so the event loop (and every other
+  // session's bytes) keeps moving while the disk flushes.
+  let waiting: Array<(failure?: Error) => void> = []
+  let flushing = false
+  const flush = () => {
+    if (flushing || waiting.length === 0) return
+    const batch = waiting
+    waiting = []
+    flushing = true
+    fs.fsync(fd, (err) => {
+      flushing = false
+      for (const done of batch) done(err ?? undefined)
+      flush()
+    })
+  }
+
   const append = (e: Omit<BufferedEvent, "id" | "time">) =>
-    Effect.sync(() => {
+    Effect.async<void>((resume) => {
       const line = JSON.stringify({ ...e, id: randomUUID(), time: new Date().toISOString() } satisfies BufferedEvent) + "\n"
       fs.writeSync(fd, line)
-      fs.fsyncSync(fd)
+      waiting.push((failure) => resume(failure === undefined ? Effect.void : Effect.die(failure)))
+      flush()
     })
 
   /**
