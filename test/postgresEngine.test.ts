@@ -317,7 +317,8 @@ describe("PostgreSQL engine", () => {
     const child = spawn("psql", [conn(l, "alice", "appdb"), "-X", "-At", "-c", "select pg_sleep(30)"], { stdio: ["ignore", "pipe", "pipe"] })
     let stderr = ""
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()))
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+    // "close", not "exit": exit can come before the last of stderr has been read.
+    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)))
     await waitFor("the sleep to start", () => l.events.some((e) => e.fields["db_query"] === "select pg_sleep(30)"))
     await waitFor("the backend to run it", () => PostgresCancelRegistry.size > 0)
     await new Promise((r) => setTimeout(r, 300))
@@ -498,7 +499,8 @@ describe("PostgreSQL engine", () => {
     })
     let stderr = ""
     child.stderr.on("data", (d: Buffer) => (stderr += d.toString()))
-    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+    // "close", not "exit": exit can come before the last of stderr has been read.
+    const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)))
     let pid = ""
     await waitFor(
       "the backend",
