@@ -3,7 +3,7 @@
  * a cancelled statement, COPY both ways, a killed agent, a restarted auth+proxy, and bad input on
  * the proxy's one port. The setup is the one of e2e.postgres.test.ts, shared here as `setup`.
  */
-import { execFileSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
@@ -15,8 +15,8 @@ import * as X509 from "../src/adapters/x509.ts"
 import { RouteToDatabase } from "../src/domain/Identity.ts"
 import type { Cluster } from "./fixtures/cluster.ts"
 import { startCluster } from "./fixtures/cluster.ts"
+import { startCertPostgres } from "./fixtures/certPostgres.ts"
 import type { PostgresServer } from "./fixtures/postgres.ts"
-import { startPostgresAsync } from "./fixtures/postgres.ts"
 import type { RunResult, Service } from "./fixtures/processes.ts"
 import { bin, node, run, startService } from "./fixtures/processes.ts"
 
@@ -54,24 +54,8 @@ const setup = async () => {
     return r.stdout.trim() === "" ? [] : r.stdout.trim().split("\n").map((l) => JSON.parse(l) as AuditEvent)
   }
 
-  expect((await c.tctl("auth", "sign", "--host=localhost,127.0.0.1", "--format=db", `--out=${tmp("db")}`, "--ttl=24h")).code).toBe(0)
-  const keyDir = fs.mkdtempSync(path.join(os.tmpdir(), "pgkeys-"))
-  const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim())
-  const gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim())
-  for (const f of ["db.crt", "db.key", "db.cas"]) fs.copyFileSync(tmp(f), path.join(keyDir, f))
-  fs.writeFileSync(path.join(keyDir, "pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n")
-  for (const f of fs.readdirSync(keyDir)) fs.chownSync(path.join(keyDir, f), uid, gid)
-  fs.chmodSync(keyDir, 0o755)
-  fs.chmodSync(path.join(keyDir, "db.key"), 0o600)
-  const pg: PostgresServer = await startPostgresAsync({
-    settings: {
-      ssl: "on",
-      ssl_cert_file: path.join(keyDir, "db.crt"),
-      ssl_key_file: path.join(keyDir, "db.key"),
-      ssl_ca_file: path.join(keyDir, "db.cas"),
-      hba_file: path.join(keyDir, "pg_hba.conf")
-    }
-  })
+  const db = await startCertPostgres(c.tctl, tmp("db"))
+  const pg: PostgresServer = db.pg
   // pgbench -i creates its tables in public, which PostgreSQL 15 no longer opens to everyone.
   await pg.psql("CREATE ROLE alice LOGIN; CREATE TABLE notes (id int, body text); GRANT ALL ON notes TO alice; GRANT CREATE ON SCHEMA public TO alice")
   expect((await c.tctl("users", "add", "alice", "--roles=access", "--logins=alice", "--db-users=alice", "--db-names=postgres")).code).toBe(0)
@@ -112,10 +96,9 @@ const setup = async () => {
 
   const teardown = async () => {
     await agent?.stop()
-    await pg.stop()
+    await db.stop()
     await server.stop()
     fs.rmSync(c.dir, { recursive: true, force: true })
-    fs.rmSync(keyDir, { recursive: true, force: true })
     fs.rmSync(home, { recursive: true, force: true })
   }
 

@@ -3,15 +3,15 @@
  * certificate auth, `remoteler start` (auth + proxy), a db agent joined with a token that reaches
  * the proxy over the reverse tunnel, and the user's `tsh` and `psql`.
  */
-import { execFileSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Cluster } from "./fixtures/cluster.ts"
 import { startCluster, stopCluster } from "./fixtures/cluster.ts"
+import type { CertPostgres } from "./fixtures/certPostgres.ts"
+import { startCertPostgres } from "./fixtures/certPostgres.ts"
 import type { PostgresServer } from "./fixtures/postgres.ts"
-import { startPostgresAsync } from "./fixtures/postgres.ts"
 import type { Service } from "./fixtures/processes.ts"
 import { bin, node, run, startService } from "./fixtures/processes.ts"
 
@@ -19,7 +19,7 @@ describe("PostgreSQL through the proxy and a db agent", () => {
   let c: Cluster
   let pg: PostgresServer
   let agent: Service | undefined
-  let keyDir: string
+  let db: CertPostgres | undefined
   let home: string
   const tmp = (name: string) => path.join(c.dir, name)
   const env = () => ({ TSH_HOME: c.tshHome, HOME: home, PGSERVICEFILE: path.join(home, ".pg_service.conf") })
@@ -44,24 +44,8 @@ describe("PostgreSQL through the proxy and a db agent", () => {
     c = await startCluster("off")
     home = fs.mkdtempSync(path.join(os.tmpdir(), "home-"))
     // The database trusts the db CA for client certificates and serves a certificate from it.
-    expect((await c.tctl("auth", "sign", "--host=localhost,127.0.0.1", "--format=db", `--out=${tmp("db")}`, "--ttl=24h")).code).toBe(0)
-    keyDir = fs.mkdtempSync(path.join(os.tmpdir(), "pgkeys-"))
-    const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim())
-    const gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim())
-    for (const f of ["db.crt", "db.key", "db.cas"]) fs.copyFileSync(tmp(f), path.join(keyDir, f))
-    fs.writeFileSync(path.join(keyDir, "pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n")
-    for (const f of fs.readdirSync(keyDir)) fs.chownSync(path.join(keyDir, f), uid, gid)
-    fs.chmodSync(keyDir, 0o755)
-    fs.chmodSync(path.join(keyDir, "db.key"), 0o600)
-    pg = await startPostgresAsync({
-      settings: {
-        ssl: "on",
-        ssl_cert_file: path.join(keyDir, "db.crt"),
-        ssl_key_file: path.join(keyDir, "db.key"),
-        ssl_ca_file: path.join(keyDir, "db.cas"),
-        hba_file: path.join(keyDir, "pg_hba.conf")
-      }
-    })
+    db = await startCertPostgres(c.tctl, tmp("db"))
+    pg = db.pg
     await pg.psql("CREATE ROLE alice LOGIN; CREATE TABLE notes (id int, body text); GRANT ALL ON notes TO alice")
 
     expect((await c.tctl("users", "add", "alice", "--roles=access", "--logins=alice", "--db-users=alice", "--db-names=postgres")).code).toBe(0)
@@ -69,9 +53,8 @@ describe("PostgreSQL through the proxy and a db agent", () => {
   })
   afterAll(async () => {
     await agent?.stop()
-    await pg?.stop()
+    await db?.stop()
     await stopCluster(c)
-    if (keyDir !== undefined) fs.rmSync(keyDir, { recursive: true, force: true })
   })
 
   it("joins a db agent with a token and the CA pin; the database shows in tsh db ls within seconds", async () => {
