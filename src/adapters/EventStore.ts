@@ -5,7 +5,7 @@
  */
 import type { Effect, Stream } from "effect"
 import { Context, Schema } from "effect"
-import type { StoredEventRow } from "../domain/Chain.ts"
+import type { ChainedFields } from "../domain/Chain.ts"
 
 /** One event to append. `id` and `time` are assigned by the store when absent. */
 export interface EventDraft {
@@ -27,16 +27,10 @@ export interface AppendRequest {
   readonly events: ReadonlyArray<EventDraft>
 }
 
-/** A stored event: the indexed columns and the canonical body the hash covers. */
-export interface StoredEvent extends StoredEventRow {
-  readonly id: string
-  readonly type: string
-  readonly code: string
-  readonly time: string
-  readonly stream: string
-  readonly version: number
-  readonly actor: string
-  readonly payload: unknown
+/** A stored event: the chained fields (payload parsed from the body), the body and its hash. */
+export interface StoredEvent extends ChainedFields {
+  readonly body: string
+  readonly hash: string
 }
 
 /** The stream was not at the version the writer expected: someone else wrote first. */

@@ -4,6 +4,7 @@
  * commit, with which seqs, versions and hashes. Pure and free of Effect, so the SQLite writer
  * thread (`sqliteWriterWorker.ts`) loads it without the runtime.
  */
+import type { ChainedFields } from "../../domain/Chain.ts"
 import { sealCanonical } from "../../domain/Chain.ts"
 
 /** A draft made complete in the appender's fiber: id and time assigned, payload canonical. */
@@ -25,18 +26,9 @@ export interface PlanRequest {
   readonly drafts: ReadonlyArray<PlannedDraft>
 }
 
-/** An `events` row: exactly the table's columns. */
-export interface SealedRow {
-  readonly seq: number
-  readonly id: string
-  readonly type: string
-  readonly code: string
-  readonly time: string
-  readonly stream: string
-  readonly version: number
-  readonly actor: string
+/** An `events` row: exactly the table's columns (the payload lives in the body). */
+export interface SealedRow extends Omit<ChainedFields, "payload"> {
   readonly body: string
-  readonly prev_hash: string
   readonly hash: string
 }
 
