@@ -15,8 +15,9 @@ import { Effect, Either, Layer, Runtime, Schema, Stream } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
 import * as ProxyListener from "../adapters/ProxyListener.ts"
 import { Role } from "../domain/Role.ts"
-import { toErrorResponse } from "../protocols/postgres/errors.ts"
 import { CANCEL_TARGET } from "../protocols/tunnel/wire.ts"
+import type { ProxyContext, RouteFailure } from "./proxy/context.ts"
+import * as PostgresFront from "./proxy/postgres.ts"
 import * as TunnelServer from "./TunnelServer.ts"
 
 const encodeRole = Schema.encodeSync(Role)
@@ -290,52 +291,44 @@ export const make = (settings: ProxyWebSettings) =>
         )
       )
 
-    /** psql on the web port: the database certificate names the route; the agent serving it gets the stream. */
-    const pgError = (socket: TLSSocket, code: string, message: string) =>
-      Effect.sync(() => {
-        socket.end(Buffer.from(toErrorResponse({ severity: "FATAL", code, message })))
-      })
-    const onPostgres = (socket: TLSSocket) =>
-      void run(
-        Effect.gen(function* () {
-          const id = yield* socketIdentity(socket)
-          if (Either.isLeft(id)) return yield* pgError(socket, "28000", id.left)
-          const route = id.right.routeToDatabase
-          if (route === undefined) return yield* pgError(socket, "28000", "the certificate has no database route: run 'tsh db login DB' first")
-          const agents = yield* tunnels.agents
-          const agent = agents.find((a) => a.resources.databases.some((d) => d.name === route.serviceName))
-          if (agent === undefined) return yield* pgError(socket, "08001", `database ${route.serviceName} is not available (no agent serves it now)`)
-          const session = yield* auth("web.db_session", { user: id.right.username })
-          const stream = yield* tunnels.dial(agent.hostId, {
+    /** Opens a database session on the agent serving the identity's route (see proxy/context.ts). */
+    const openDbSession: ProxyContext["openDbSession"] = (identity, remoteAddr, extraMeta = {}) =>
+      Effect.gen(function* () {
+        const route = identity.routeToDatabase
+        if (route === undefined) {
+          return yield* Effect.fail<RouteFailure>({ reason: "NoRoute", message: "the certificate has no database route: run 'tsh db login DB' first" })
+        }
+        const agents = yield* tunnels.agents
+        const agent = agents.find((a) => a.resources.databases.some((d) => d.name === route.serviceName))
+        if (agent === undefined) {
+          return yield* Effect.fail<RouteFailure>({ reason: "NotAvailable", message: `database ${route.serviceName} is not available (no agent serves it now)` })
+        }
+        const unreachable = (e: { readonly message: string }): RouteFailure => ({ reason: "Unreachable", message: `cannot reach the database: ${e.message}` })
+        const session = yield* Effect.mapError(auth("web.db_session", { user: identity.username }), unreachable)
+        return yield* Effect.mapError(
+          tunnels.dial(agent.hostId, {
             kind: "db",
             name: route.serviceName,
             meta: {
+              ...extraMeta,
               identity: JSON.stringify({
-                username: id.right.username,
-                roles: id.right.roles,
+                username: identity.username,
+                roles: identity.roles,
                 traits: session.traits,
-                expires: id.right.expires.toISOString(),
+                expires: identity.expires.toISOString(),
                 routeToDatabase: { serviceName: route.serviceName, protocol: route.protocol, username: route.username, database: route.database }
               }),
               roles: JSON.stringify(session.roles.map((r) => encodeRole(r))),
               session_id: randomUUID(),
-              remote_addr: socket.remoteAddress ?? ""
+              remote_addr: remoteAddr ?? ""
             }
-          })
-          socket.pipe(stream)
-          stream.pipe(socket)
-          const close = () => {
-            socket.destroy()
-            stream.destroy()
-          }
-          socket.on("close", close)
-          stream.on("close", close)
-          stream.on("error", close)
-        }).pipe(
-          Effect.catchAll((e) => pgError(socket, "08006", `cannot reach the database: ${e.message}`)),
-          Effect.catchAllDefect((d) => Effect.logError("postgres routing failed", d).pipe(Effect.zipRight(Effect.sync(() => socket.destroy()))))
+          }),
+          unreachable
         )
-      )
+      })
+    const context: ProxyContext = { clusterName: settings.clusterName, credentials: { key, cert }, socketIdentity, auth, tunnels, run, openDbSession }
+    const onPostgres = PostgresFront.make(context)
+
     // A CancelRequest carries no certificate: every database agent gets it, and the one whose
     // session owns that key cancels the query. The dial names one of the agent's own databases
     // (an agent refuses a dial to a target it does not serve) and says `cancel` in its meta.

@@ -28,6 +28,12 @@ export interface ListenerHandlers {
   readonly postgres?: (socket: tls.TLSSocket) => void
   /** A PostgreSQL CancelRequest: process id and secret key as the client saw them. */
   readonly postgresCancel?: (pid: number, secret: Uint8Array) => void
+  /**
+   * A TLS connection with no known ALPN (or `http/1.1`): offered here first, so a client whose
+   * certificate carries a database route (redis-cli, for one) is routed by that route. Returns
+   * true when it took the socket; otherwise the socket goes to the web API.
+   */
+  readonly byCertificate?: (socket: tls.TLSSocket) => boolean
 }
 
 const SSL_REQUEST = 80877103
@@ -74,6 +80,7 @@ export const listen = (
       const proto = socket.alpnProtocol
       const handler = typeof proto === "string" ? handlers.alpn[proto] : undefined
       if (handler !== undefined) return handler(socket)
+      if (handlers.byCertificate?.(socket) === true) return
       httpServer.emit("connection", socket)
     })
     // A failed handshake (garbage, a wrong certificate type) loses only that connection.
