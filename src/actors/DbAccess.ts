@@ -4,7 +4,7 @@
  * roles an agent needs to decide a session, short-lived upstream client certificates from the db
  * CA, and the audit events agents upload.
  */
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
 import type { EventStoreShape } from "../adapters/EventStore.ts"
 import type { Handlers } from "../adapters/AuthApiHttp.ts"
 import * as X509 from "../adapters/x509.ts"
@@ -13,9 +13,10 @@ import { BadParameter, Forbidden, NotFound, Unavailable } from "../domain/Errors
 import * as Event from "../domain/Event.ts"
 import { EventTypes } from "../domain/Event.ts"
 import type { EventDraft } from "../adapters/EventStore.ts"
-import { matchLabels } from "../domain/Labels.ts"
+import { expandSelector, matchLabels } from "../domain/Labels.ts"
 import { RouteToDatabase } from "../domain/Identity.ts"
-import { maxSessionTtl } from "../domain/Rbac.ts"
+import { checkNodeAccess, maxSessionTtl } from "../domain/Rbac.ts"
+import type { NodeInfo } from "../domain/WebApi.ts"
 import * as RbacView from "../domain/RbacView.ts"
 import { expandValues } from "../domain/Template.ts"
 import type { CertAuthorityShape } from "./CertAuthority.ts"
@@ -23,6 +24,25 @@ import type { ProjectorShape } from "./Projector.ts"
 
 /** An agent that has not been heard of for this long is gone, and its databases expire. */
 export const PRESENCE_TTL_MS = 15_000
+
+/** What presence events record: a database or a node, served by one agent. */
+interface PresentResource {
+  readonly kind: "db" | "node"
+  readonly name: string
+  readonly hostId: string
+  readonly protocol?: string | undefined
+  readonly labels: Readonly<Record<string, string>>
+}
+
+interface PresentNode {
+  readonly name: string
+  /** The host name the agent reported. */
+  readonly hostname: string
+  labels: Readonly<Record<string, string>>
+  hostKey: string | undefined
+  readonly hostId: string
+  lastSeen: number
+}
 
 interface PresentDb {
   readonly name: string
@@ -38,13 +58,15 @@ type DbHandlers = Pick<
   | "web.trusted_host_cas"
   | "web.agent_presence"
   | "web.databases"
+  | "web.nodes"
   | "web.db_cert"
   | "web.db_session"
   | "web.db_client_cert"
   | "web.agent_events"
 >
 
-const DB_EVENT_TYPES = new Set(["db.session.start", "db.session.query", "db.session.end"])
+/** What agents may report: the database session events of the registry. */
+const DB_EVENT_TYPES = new Set(Object.keys(EventTypes).filter((t) => t.startsWith("db.session.")))
 
 export const make = (deps: {
   readonly store: EventStoreShape
@@ -58,18 +80,35 @@ export const make = (deps: {
     /** Keyed by `hostId/name`: the same database name served by two agents is two entries. */
     const inventory = new Map<string, PresentDb>()
 
-    const presence = (kind: "appeared" | "expired", db: PresentDb) =>
-      write(`resource/db/${db.name}`, "system", [
-        Event.make(kind === "appeared" ? "resource.appeared" : "resource.expired", {
-          kind: "db",
-          name: db.name,
-          host_id: db.hostId,
-          protocol: db.protocol,
-          labels: { ...db.labels }
-        })
-      ]).pipe(Effect.catchAll((e) => Effect.logWarning(`could not record ${kind} of ${db.name}: ${e.message}`)))
+    /** Keyed by host id: one node per node agent. */
+    const nodes = new Map<string, PresentNode>()
 
-    // Expiry: agents are refreshed by the proxy's heartbeats; silence past the TTL removes them.
+    /**
+     * Records a resource's first appearance or its expiry. Every auth instance hears every
+     * heartbeat, so several may try at once: the resource's stream alternates appeared (odd
+     * versions) and expired (even), and each write expects the version it read, so exactly one
+     * instance records each transition and the others see it already done.
+     */
+    const presence = (kind: "appeared" | "expired", r: PresentResource) =>
+      Effect.gen(function* () {
+        const stream = `resource/${r.kind}/${r.hostId}/${r.name}`
+        const event = Event.make(kind === "appeared" ? "resource.appeared" : "resource.expired", {
+          kind: r.kind,
+          name: r.name,
+          host_id: r.hostId,
+          ...(r.protocol === undefined ? {} : { protocol: r.protocol }),
+          labels: { ...r.labels }
+        })
+        for (let attempt = 0; attempt < 5; attempt++) {
+          const version = yield* store.streamVersion(stream)
+          if ((version % 2 === 1) === (kind === "appeared")) return
+          const appended = yield* Effect.either(store.append({ stream, expectedVersion: version, events: [{ ...event, actor: "system" }] }))
+          if (Either.isRight(appended)) return yield* projector.awaitSeq(appended.right[0]!.seq).pipe(Effect.ignore)
+          if (appended.left._tag !== "VersionConflict") return yield* Effect.fail(appended.left)
+        }
+      }).pipe(Effect.catchAll((e) => Effect.logWarning(`could not record ${kind} of ${r.kind} ${r.name}: ${e.message}`)))
+
+    // Expiry: agents are refreshed by the proxies' heartbeats; silence past the TTL removes them.
     yield* Effect.forkScoped(
       Effect.forever(
         Effect.gen(function* () {
@@ -78,7 +117,13 @@ export const make = (deps: {
           for (const [key, db] of inventory) {
             if (now - db.lastSeen > PRESENCE_TTL_MS) {
               inventory.delete(key)
-              yield* presence("expired", db)
+              yield* presence("expired", { kind: "db", ...db })
+            }
+          }
+          for (const [key, node] of nodes) {
+            if (now - node.lastSeen > PRESENCE_TTL_MS) {
+              nodes.delete(key)
+              yield* presence("expired", { kind: "node", ...node })
             }
           }
         })
@@ -109,7 +154,7 @@ export const make = (deps: {
               else {
                 const db: PresentDb = { name: d.name, protocol: d.protocol, labels: d.labels, hostId: req.host_id, nodeName: req.node_name, lastSeen: now }
                 inventory.set(key, db)
-                yield* presence("appeared", db)
+                yield* presence("appeared", { kind: "db", ...db })
               }
             }
           }
@@ -117,7 +162,25 @@ export const make = (deps: {
           for (const [key, db] of inventory) {
             if (db.hostId === req.host_id && !current.has(key)) {
               inventory.delete(key)
-              yield* presence("expired", db)
+              yield* presence("expired", { kind: "db", ...db })
+            }
+          }
+          const knownNode = nodes.get(req.host_id)
+          const node = req.state === "connected" ? req.node : undefined
+          if (knownNode !== undefined && (node === undefined || node.name !== knownNode.name)) {
+            nodes.delete(req.host_id)
+            yield* presence("expired", { kind: "node", ...knownNode })
+          }
+          if (node !== undefined) {
+            const present = nodes.get(req.host_id)
+            if (present !== undefined) {
+              present.lastSeen = now
+              present.labels = node.labels
+              present.hostKey = node.host_key
+            } else {
+              const fresh: PresentNode = { name: node.name, hostname: req.node_name, labels: node.labels, hostKey: node.host_key, hostId: req.host_id, lastSeen: now }
+              nodes.set(req.host_id, fresh)
+              yield* presence("appeared", { kind: "node", ...fresh })
             }
           }
           return {}
@@ -147,6 +210,29 @@ export const make = (deps: {
                 host_id: db.hostId
               }))
           }
+        }),
+
+      "web.nodes": (req) =>
+        Effect.gen(function* () {
+          const { user, roles } = yield* requireUser(req.user)
+          const candidates = [...new Set(roles.flatMap((r) => expandValues(r.spec.allow?.logins, user.traits)))].filter((l) => l !== "*")
+          const out: Array<NodeInfo> = []
+          for (const node of [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name) || a.hostId.localeCompare(b.hostId))) {
+            const target = { name: node.name, labels: node.labels }
+            const logins = candidates.filter((l) => Either.isRight(checkNodeAccess(roles, user.traits, target, l))).sort()
+            // A node shows when some role selects it by its labels and no deny rule takes every login away.
+            const selected = roles.some((r) => matchLabels(expandSelector(r.spec.allow?.node_labels, user.traits), node.labels))
+            if (!selected || (logins.length === 0 && candidates.length > 0)) continue
+            out.push({
+              name: node.name,
+              host_id: node.hostId,
+              hostname: node.hostname,
+              labels: { ...node.labels },
+              ...(node.hostKey === undefined ? {} : { host_key: node.hostKey }),
+              logins
+            })
+          }
+          return { nodes: out }
         }),
 
       "web.db_cert": (req) =>

@@ -13,11 +13,15 @@ import type { TLSSocket } from "node:tls"
 import { randomBytes, randomUUID } from "node:crypto"
 import { Effect, Either, Layer, Runtime, Schema, Stream } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
+import * as Presence from "../adapters/Presence.ts"
 import * as ProxyListener from "../adapters/ProxyListener.ts"
 import { Role } from "../domain/Role.ts"
 import { CANCEL_TARGET } from "../protocols/tunnel/wire.ts"
 import type { ProxyContext, RouteFailure } from "./proxy/context.ts"
+import * as MysqlFront from "./proxy/mysql.ts"
 import * as PostgresFront from "./proxy/postgres.ts"
+import * as RedisFront from "./proxy/redis.ts"
+import * as SshFront from "./proxy/ssh.ts"
 import * as TunnelServer from "./TunnelServer.ts"
 
 const encodeRole = Schema.encodeSync(Role)
@@ -37,9 +41,20 @@ export interface ProxyWebSettings {
   /** `https_keypairs` from the config: used instead of a host-CA certificate. */
   readonly keyPairs?: ReadonlyArray<{ readonly key_file: string; readonly cert_file: string }>
   readonly publicAddr: string
+  /** `proxy_service.ssh_listen_addr`: the SSH listener for OpenSSH clients (see proxy/ssh.ts). */
+  readonly sshListenAddr?: string
+  /** Where that listener keeps its host key. */
+  readonly sshHostKeyFile?: string
+  /** `proxy_service.mysql_listen_addr`: the MySQL listener (see proxy/mysql.ts). */
+  readonly mysqlListenAddr?: string
+  /** False for the default address: then an address in use is a warning, not a failure to start. */
+  readonly mysqlListenRequired?: boolean
 }
 
 const MAX_BODY = 64 * 1024
+/** How often the proxy repeats its agents' presence; auth expires an agent after 15 s of silence. */
+const HEARTBEAT_INTERVAL = "5 seconds"
+
 /**
  * An agent's audit upload: a batch of events, each as long as the query it records. The agent
  * sends at most about 1 MiB at a time; this leaves room for one very long query.
@@ -168,7 +183,7 @@ export const make = (settings: ProxyWebSettings) =>
         const path = url.pathname
         const method = req.method ?? "GET"
         const remote = req.socket.remoteAddress
-        const limit = path === "/v1/webapi/agent/events" ? MAX_AGENT_EVENTS_BODY : MAX_BODY
+        const limit = path === "/v1/webapi/agent/events" || path === "/v1/webapi/agent/recording" ? MAX_AGENT_EVENTS_BODY : MAX_BODY
         const body = method === "POST" ? yield* Effect.tryPromise({ try: () => readJson(req, limit), catch: (e) => e as Error }).pipe(
           Effect.catchAll((e) => Effect.succeed({ __error: e.message }))
         ) : undefined
@@ -216,6 +231,11 @@ export const make = (settings: ProxyWebSettings) =>
           if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
           return sendJson(res, 200, yield* auth("web.databases", { user: id.right.username }))
         }
+        if (method === "GET" && path === "/v1/webapi/nodes") {
+          const id = yield* clientIdentity(req)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          return sendJson(res, 200, yield* auth("web.nodes", { user: id.right.username }))
+        }
         if (method === "POST" && path === "/v1/webapi/db/certs") {
           const id = yield* clientIdentity(req)
           if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
@@ -229,6 +249,32 @@ export const make = (settings: ProxyWebSettings) =>
           return path === "/v1/webapi/agent/events"
             ? sendJson(res, 200, yield* auth("web.agent_events", { ...(body as RequestOf<"web.agent_events">), host_id: hostId }))
             : sendJson(res, 200, yield* auth("web.db_client_cert", { ...(body as RequestOf<"web.db_client_cert">), host_id: hostId }))
+        }
+        // Session recordings: nodes upload (host certificate), users read (user certificate).
+        if (method === "POST" && path === "/v1/webapi/agent/recording") {
+          const id = yield* agentIdentity(req.socket as TLSSocket)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          if (id.right.systemRole !== "Node") return sendJson(res, 403, { error: { message: "only SSH nodes may upload session recordings" } })
+          return sendJson(res, 200, yield* auth("web.recording_upload", { ...(body as RequestOf<"web.recording_upload">), host_id: id.right.hostId! }))
+        }
+        const recording = /^\/v1\/webapi\/recordings(?:\/([^/]+))?$/.exec(path)
+        if (method === "GET" && recording !== null) {
+          const id = yield* clientIdentity(req)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          if (recording[1] === undefined) return sendJson(res, 200, yield* auth("web.recordings_list", { user: id.right.username }))
+          const num = (k: string) => (/^\d{1,15}$/.test(url.searchParams.get(k) ?? "") ? Number(url.searchParams.get(k)) : undefined)
+          const offset = num("offset")
+          const limit = num("limit")
+          return sendJson(
+            res,
+            200,
+            yield* auth("web.recording_get", {
+              user: id.right.username,
+              session_id: recording[1],
+              ...(offset === undefined ? {} : { offset }),
+              ...(limit === undefined || limit === 0 ? {} : { limit })
+            })
+          )
         }
         if (method === "GET" && path === "/v1/webapi/whoami") {
           const id = yield* clientIdentity(req)
@@ -262,12 +308,22 @@ export const make = (settings: ProxyWebSettings) =>
     }
     // Agents' tunnels: verified against the host CA, then their presence goes to auth.
     const tunnels = yield* TunnelServer.make({})
+    // Heartbeats go on the bus (presence.agent.<host id>), heard by every auth instance.
     const reportPresence = (agent: TunnelServer.AgentInfo, state: "connected" | "gone") =>
-      auth("web.agent_presence", {
+      Presence.publish(bus, settings.clusterName, "agent", agent.hostId, {
         host_id: agent.hostId,
         node_name: agent.nodeName,
         state,
-        databases: state === "gone" ? [] : agent.resources.databases.map((d) => ({ name: d.name, protocol: d.protocol, labels: { ...d.labels } }))
+        databases: state === "gone" ? [] : agent.resources.databases.map((d) => ({ name: d.name, protocol: d.protocol, labels: { ...d.labels } })),
+        ...(state === "gone" || agent.resources.node === undefined
+          ? {}
+          : {
+              node: {
+                name: agent.resources.node.name,
+                labels: { ...agent.resources.node.labels },
+                ...(agent.resources.node.host_key === undefined ? {} : { host_key: agent.resources.node.host_key })
+              }
+            })
       }).pipe(Effect.catchAll((e) => Effect.logWarning(`could not report agent ${agent.hostId}: ${e.message}`)))
     yield* tunnels.events.pipe(
       Stream.runForEach((e) =>
@@ -277,7 +333,7 @@ export const make = (settings: ProxyWebSettings) =>
     )
     yield* Effect.forkScoped(
       Effect.forever(
-        Effect.sleep("5 seconds").pipe(
+        Effect.sleep(HEARTBEAT_INTERVAL).pipe(
           Effect.zipRight(tunnels.agents),
           Effect.flatMap((agents) => Effect.forEach(agents, (a) => reportPresence(a, "connected"), { discard: true }))
         )
@@ -328,6 +384,12 @@ export const make = (settings: ProxyWebSettings) =>
       })
     const context: ProxyContext = { clusterName: settings.clusterName, credentials: { key, cert }, socketIdentity, auth, tunnels, run, openDbSession }
     const onPostgres = PostgresFront.make(context)
+    const redisFront = RedisFront.make(context)
+    const mysqlFront = MysqlFront.make(context)
+    const sshFront = SshFront.make(context, {
+      ...(settings.sshListenAddr === undefined ? {} : { listenAddr: settings.sshListenAddr }),
+      ...(settings.sshHostKeyFile === undefined ? {} : { hostKeyFile: settings.sshHostKeyFile })
+    })
 
     // A CancelRequest carries no certificate: every database agent gets it, and the one whose
     // session owns that key cancels the query. The dial names one of the agent's own databases
@@ -356,9 +418,11 @@ export const make = (settings: ProxyWebSettings) =>
     const { port } = yield* ProxyListener.listen(
       settings.listenAddr,
       { key, cert },
-      { http: onRequest, alpn: { "remoteler-tunnel": onTunnel, "remoteler-postgres": onPostgres }, postgres: onPostgres, postgresCancel: onCancel }
+      { http: onRequest, alpn: { "remoteler-tunnel": onTunnel, "remoteler-postgres": onPostgres, "remoteler-ssh": sshFront.onAlpn, "remoteler-mysql": mysqlFront.onTls, "remoteler-redis": redisFront.onSocket }, postgres: onPostgres, postgresCancel: onCancel, byCertificate: redisFront.byCertificate }
     ).pipe(Effect.orDie)
     yield* Effect.logInfo(`proxy web listener on ${settings.listenAddr.replace(/:\d+$/, "")}:${port}`)
+    yield* sshFront.listen
+    if (settings.mysqlListenAddr !== undefined) yield* Effect.orDie(mysqlFront.listen(settings.mysqlListenAddr, settings.mysqlListenRequired ?? true))
     return { port }
   })
 

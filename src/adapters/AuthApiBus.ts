@@ -47,7 +47,7 @@ export class RpcCredentials extends Context.Tag("remoteler/RpcCredentials")<
 const signedBytes = (subject: string, ts: string, nonce: string, body: Uint8Array) =>
   createHash("sha256").update(`${subject}\n${ts}\n${nonce}\n`).update(body).digest()
 
-const signHeaders = (creds: { certPem: string; keyPem: string }, subject: string, body: Uint8Array): Record<string, string> => {
+export const signHeaders = (creds: { certPem: string; keyPem: string }, subject: string, body: Uint8Array): Record<string, string> => {
   const ts = String(Date.now())
   const nonce = randomBytes(16).toString("hex")
   const signature = sign("sha256", signedBytes(subject, ts, nonce, body), createPrivateKey(creds.keyPem))
@@ -58,7 +58,7 @@ const signHeaders = (creds: { certPem: string; keyPem: string }, subject: string
  * Checks a request's proxy signature; the caller's host id, or why not. `trustedHostCas` are the
  * host CA certificates auth trusts now.
  */
-const makeVerifier = (trustedHostCas: Effect.Effect<ReadonlyArray<string>, ApiError>) => {
+export const makeVerifier = (trustedHostCas: Effect.Effect<ReadonlyArray<string>, ApiError>) => {
   const seen = new Map<string, number>()
   return (subject: string, body: Uint8Array, headers: Readonly<Record<string, string>> | undefined) =>
     Effect.gen(function* () {

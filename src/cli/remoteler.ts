@@ -6,18 +6,21 @@
 import "reflect-metadata"
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Stream } from "effect"
+import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Schema, Stream } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
 import * as fs from "node:fs"
 import * as crypto from "node:crypto"
 import * as os from "node:os"
 import * as DbAgent from "../actors/DbAgent.ts"
+import { engineFor, engines } from "../protocols/engine.ts"
 import * as AgentIdentity from "../adapters/AgentIdentity.ts"
 import * as X509 from "../adapters/x509.ts"
 import * as CertAuthority from "../actors/CertAuthority.ts"
 import * as Outbox from "../actors/Outbox.ts"
 import * as ProxyWeb from "../actors/ProxyWeb.ts"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
+import * as Presence from "../adapters/Presence.ts"
+import { AuthMethods } from "../domain/AuthApi.ts"
 import { Bus } from "../adapters/Bus.ts"
 import { serveUnixSocket } from "../adapters/AuthApiHttp.ts"
 import * as BusMemory from "../adapters/BusMemory.ts"
@@ -27,6 +30,8 @@ import { EventStore } from "../adapters/EventStore.ts"
 import * as EventStorePg from "../adapters/EventStorePg.ts"
 import { toAuditJson } from "../domain/AuditEvent.ts"
 import * as EventStoreSqlite from "../adapters/EventStoreSqlite.ts"
+import * as RecordingStorePg from "../adapters/RecordingStorePg.ts"
+import * as RecordingStoreSqlite from "../adapters/RecordingStoreSqlite.ts"
 import type { NatsConfig, ResolvedConfig } from "../domain/Config.ts"
 import { parseDurationOption } from "../domain/Rbac.ts"
 import { describeNats, describeStorage, resolve } from "./config.ts"
@@ -36,6 +41,12 @@ const storeLayer = (cfg: ResolvedConfig) =>
   cfg.storage.type === "postgres"
     ? EventStorePg.layer({ url: cfg.storage.conn_string })
     : EventStoreSqlite.layer({ filename: cfg.storage.path ?? `${cfg.dataDir}/events.db` })
+
+/** Session recordings: in the event store's PostgreSQL database, or a SQLite file beside it. */
+const recordingLayer = (cfg: ResolvedConfig) =>
+  cfg.storage.type === "postgres"
+    ? RecordingStorePg.layer({ url: cfg.storage.conn_string })
+    : RecordingStoreSqlite.layer({ filename: `${cfg.dataDir}/recordings.sqlite` })
 
 const natsOptions = (n: NatsConfig, clusterName: string): BusNats.NatsOptions => {
   const fromUrl = BusNats.parseNatsUrl(n.url)
@@ -74,6 +85,7 @@ const authLayer = (cfg: ResolvedConfig) => {
     bus: describeNats(cfg.nats),
     secondFactor: cfg.secondFactor,
     proxyPublicAddr: proxyPublicAddr(cfg),
+    mysqlPublicAddr: mysqlPublicAddr(cfg),
     version: AuthServer.VERSION
   })
   const endpoints = Layer.scopedDiscard(
@@ -91,18 +103,40 @@ const authLayer = (cfg: ResolvedConfig) => {
             )
           )
       })
-      yield* AuthApiBus.serve(yield* Bus, handlers, cfg.clusterName)
+      const bus = yield* Bus
+      yield* AuthApiBus.serve(bus, handlers, cfg.clusterName)
+      // Every auth instance hears every agent heartbeat the proxies relay, so all keep the same inventory.
+      const decodePresence = Schema.decodeUnknownEither(AuthMethods["web.agent_presence"].request)
+      const heartbeats = yield* Presence.subscribe(bus, cfg.clusterName, "agent", Effect.map(handlers["web.trusted_host_cas"]({}), (r) => r.tls_ca_certs)).pipe(Effect.orDie)
+      yield* heartbeats.pipe(
+        Stream.runForEach((hb) =>
+          Either.match(decodePresence(hb.body), {
+            onLeft: () => Effect.logWarning(`a heartbeat from proxy ${hb.proxyHostId} is malformed; dropped`),
+            onRight: (req) => handlers["web.agent_presence"](req).pipe(Effect.catchAll((e) => Effect.logWarning(`heartbeat not applied: ${e.message}`)))
+          })
+        ),
+        Effect.forkScoped
+      )
     })
   )
   return endpoints.pipe(
     Layer.provideMerge(server),
     Layer.provide(ca),
     Layer.provideMerge(actors),
-    Layer.provide(storeLayer(cfg))
+    Layer.provide(Layer.merge(storeLayer(cfg), recordingLayer(cfg)))
   )
 }
 
 const DEFAULT_WEB_LISTEN = "0.0.0.0:3080"
+const DEFAULT_SSH_LISTEN = "0.0.0.0:3023"
+const DEFAULT_MYSQL_LISTEN = "0.0.0.0:3036"
+
+/** host:port MySQL clients reach the proxy on: the public host with the MySQL listener's port. */
+const mysqlPublicAddr = (cfg: ResolvedConfig): string => {
+  const web = proxyPublicAddr(cfg)
+  const listen = cfg.proxy.mysql_listen_addr ?? DEFAULT_MYSQL_LISTEN
+  return `${web.slice(0, web.lastIndexOf(":"))}:${listen.slice(listen.lastIndexOf(":") + 1)}`
+}
 
 /** Databases from `db_service.databases` and `--db` flags. */
 const agentDatabases = (cfg: ResolvedConfig, flags: ReadonlyArray<string>) =>
@@ -139,7 +173,9 @@ const agentDatabases = (cfg: ResolvedConfig, flags: ReadonlyArray<string>) =>
       if (unknown.length > 0) return yield* Effect.fail(new Error(`--db: unknown key ${unknown[0]}`))
       if (fields["name"] === undefined || fields["uri"] === undefined) return yield* Effect.fail(new Error("--db needs name= and uri="))
       const protocol = fields["protocol"] ?? "postgres"
-      if (protocol !== "postgres") return yield* Effect.fail(new Error(`--db: protocol ${protocol} is not available in this version (postgres is)`))
+      if (engineFor(engines, protocol) === undefined) {
+        return yield* Effect.fail(new Error(`--db: protocol ${protocol} is not available in this version (${Object.keys(engines).join(", ")} are)`))
+      }
       const mode = fields["tls"] ?? "verify-full"
       if (mode !== "verify-full" && mode !== "verify-ca" && mode !== "insecure") return yield* Effect.fail(new Error(`--db: tls must be verify-full, verify-ca or insecure`))
       out.push({
@@ -202,6 +238,10 @@ const proxyLayer = (cfg: ResolvedConfig) => {
     listenAddr: cfg.proxy.web_listen_addr ?? DEFAULT_WEB_LISTEN,
     publicHosts: proxyHosts(cfg),
     publicAddr,
+    sshListenAddr: cfg.proxy.ssh_listen_addr ?? DEFAULT_SSH_LISTEN,
+    sshHostKeyFile: `${cfg.dataDir}/proxy/ssh_host_ed25519_key`,
+    mysqlListenAddr: cfg.proxy.mysql_listen_addr ?? DEFAULT_MYSQL_LISTEN,
+    mysqlListenRequired: cfg.proxy.mysql_listen_addr !== undefined,
     ...(cfg.proxy.https_keypairs === undefined ? {} : { keyPairs: cfg.proxy.https_keypairs })
   })
 }

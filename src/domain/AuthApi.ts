@@ -6,7 +6,7 @@
 import { Schema } from "effect"
 import { CaKeySet, CaType, JoinRole, RotationPhase } from "./Event.ts"
 import { Role, Traits } from "./Role.ts"
-import { DatabasesResponse, DbCertRequest, DbCertResponse, FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
+import { DatabasesResponse, NodesResponse, DbCertRequest, DbCertResponse, FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
 
 export const User = Schema.Struct({
   name: Schema.String,
@@ -89,6 +89,28 @@ export const SignResponse = Schema.Struct({
 /** How a proxy reports the client's address with a login. */
 export const WebLogin = Schema.extend(LoginRequest, Schema.Struct({ remote_addr: Schema.optional(Schema.String) }))
 
+/** A session recording as `tsh recordings ls` lists it; who and where come from the audit log. */
+export const RecordingSummary = Schema.Struct({
+  session_id: Schema.String,
+  user: Schema.optional(Schema.String),
+  login: Schema.optional(Schema.String),
+  server: Schema.optional(Schema.String),
+  start: Schema.optional(Schema.String),
+  end: Schema.optional(Schema.String),
+  host_id: Schema.String,
+  size: Schema.Number,
+  done: Schema.Boolean,
+  /** SHA-256 of the bytes auth holds, once complete. */
+  sha256: Schema.optional(Schema.String),
+  /** `session_recording_sha256` of the session's `session.end` event: what the chain vouches for. */
+  session_end_sha256: Schema.optional(Schema.String),
+  created: Schema.String,
+  updated: Schema.String
+})
+export const RecordingsResponse = Schema.Struct({ recordings: Schema.Array(RecordingSummary) })
+/** Part of a recording: base64 `data` from `offset`; the whole file is `size` bytes. */
+export const RecordingChunk = Schema.extend(RecordingSummary, Schema.Struct({ offset: Schema.Number, data: Schema.String }))
+
 export const Empty = Schema.Struct({})
 const ByName = Schema.Struct({ name: Schema.String })
 
@@ -116,7 +138,11 @@ export const AuthMethods = {
     request: Schema.Struct({ host_id: Schema.String, hosts: Schema.Array(Schema.String), tls_pub_key: Schema.String }),
     response: SignResponse
   },
-  "web.trusted_user_cas": { request: Empty, response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String) }) },
+  "web.trusted_user_cas": {
+    request: Empty,
+    /** `ssh_keys`: the user CA's SSH public keys (OpenSSH lines), for SSH servers that check user certificates. */
+    response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String), ssh_keys: Schema.optional(Schema.Array(Schema.String)) })
+  },
   "tokens.create": {
     request: Schema.Struct({ roles: Schema.NonEmptyArray(JoinRole), ttl_seconds: Schema.Int.pipe(Schema.between(60, 30 * 24 * 3600)) }),
     response: Schema.Struct({ token: Schema.String, name: Schema.String, expires: Schema.String, proxy: Schema.String })
@@ -145,10 +171,19 @@ export const AuthMethods = {
       state: Schema.Literal("connected", "gone"),
       databases: Schema.Array(
         Schema.Struct({ name: Schema.String, protocol: Schema.String, labels: Schema.Record({ key: Schema.String, value: Schema.String }) })
+      ),
+      /** The SSH node this agent is, if it is one. */
+      node: Schema.optional(
+        Schema.Struct({
+          name: Schema.String,
+          labels: Schema.Record({ key: Schema.String, value: Schema.String }),
+          host_key: Schema.optional(Schema.String)
+        })
       )
     }),
     response: Empty
   },
+  "web.nodes": { request: Schema.Struct({ user: Schema.String }), response: NodesResponse },
   "web.databases": { request: Schema.Struct({ user: Schema.String }), response: DatabasesResponse },
   "web.db_cert": { request: Schema.extend(DbCertRequest, Schema.Struct({ user: Schema.String })), response: DbCertResponse },
   "web.db_session": {
@@ -198,6 +233,32 @@ export const AuthMethods = {
   "events.replay": {
     request: Empty,
     response: Schema.Struct({ events: Schema.Number, millis: Schema.Number })
+  },
+  // Session recordings (src/actors/SessionRecordings.ts):
+  "web.recording_upload": {
+    request: Schema.Struct({
+      host_id: Schema.String,
+      session_id: Schema.String,
+      /** Byte offset of `data` in the session's .cast file. */
+      offset: Schema.Int.pipe(Schema.nonNegative()),
+      /** base64 of the bytes from `offset`. */
+      data: Schema.String,
+      done: Schema.Boolean,
+      /** With `done`: SHA-256 (hex) of the whole file, checked against what auth holds. */
+      sha256: Schema.optional(Schema.String)
+    }),
+    /** `stored`: bytes auth holds now; the uploader continues from there (also after a gap). */
+    response: Schema.Struct({ stored: Schema.Number, sha256: Schema.optional(Schema.String) })
+  },
+  "web.recordings_list": { request: Schema.Struct({ user: Schema.String }), response: RecordingsResponse },
+  "web.recording_get": {
+    request: Schema.Struct({
+      user: Schema.String,
+      session_id: Schema.String,
+      offset: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+      limit: Schema.optional(Schema.Int.pipe(Schema.positive()))
+    }),
+    response: RecordingChunk
   }
 } as const
 
@@ -216,10 +277,13 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.cert_refused",
   "web.join",
   "web.trusted_host_cas",
-  "web.agent_presence",
   "web.databases",
+  "web.nodes",
   "web.db_cert",
   "web.db_session",
   "web.db_client_cert",
-  "web.agent_events"
+  "web.agent_events",
+  "web.recording_upload",
+  "web.recordings_list",
+  "web.recording_get"
 ]

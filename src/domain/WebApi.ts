@@ -96,6 +96,25 @@ export type DatabaseInfo = typeof DatabaseInfo.Type
 /** `GET /v1/webapi/databases`: the databases the caller's roles let them see (db_labels). */
 export const DatabasesResponse = Schema.Struct({ databases: Schema.Array(DatabaseInfo) })
 
+/** `GET /v1/webapi/nodes`: the SSH nodes the caller's roles let them see (node_labels, deny wins). */
+export const NodeInfo = Schema.Struct({
+  name: Schema.String,
+  host_id: Schema.String,
+  /** The node's host name as it reported it (its name, when it did not). */
+  hostname: Schema.String,
+  labels: Schema.Record({ key: Schema.String, value: Schema.String }),
+  /** The node's SSH host key, one OpenSSH public key line; tsh pins it in known_hosts. */
+  host_key: Schema.optional(Schema.String),
+  /** `host:port` for nodes reached directly rather than through a tunnel (agentless nodes). */
+  addr: Schema.optional(Schema.String),
+  /** True for a stock sshd registered with `tctl create` rather than a node agent. */
+  agentless: Schema.optional(Schema.Boolean),
+  /** The logins the caller's roles allow on this node. */
+  logins: Schema.Array(Schema.String)
+})
+export type NodeInfo = typeof NodeInfo.Type
+export const NodesResponse = Schema.Struct({ nodes: Schema.Array(NodeInfo) })
+
 /**
  * `POST /v1/webapi/db/certs`: a client certificate whose subject carries the database route
  * (1.3.9999.2.x), for `tsh db login`. The route is checked when the session starts, not here.
