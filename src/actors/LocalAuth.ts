@@ -362,6 +362,35 @@ export const make = (deps: LocalAuthDeps) => {
         }
       }),
 
+    "web.host_renew": (req) =>
+      Effect.gen(function* () {
+        // The proxy checked the agent's current certificate (host CA, not expired) and filled in
+        // host_id, node_name and role from it; a locked host gets nothing.
+        const expires = new Date(Date.now() + HOST_CERT_TTL_MS)
+        const issued = yield* ca.signHost({
+          hostId: req.host_id,
+          nodeName: req.node_name,
+          systemRole: req.role === "db" ? "Db" : req.role === "proxy" ? "Proxy" : "Node",
+          principals: [req.host_id, req.node_name],
+          dnsNames: [req.node_name],
+          ipAddresses: [],
+          tlsPublicKey: req.tls_pub_key,
+          ...(req.ssh_pub_key === undefined ? {} : { sshPublicKey: req.ssh_pub_key }),
+          expires,
+          ca: "host"
+        })
+        yield* write(`host/${req.host_id}`, "system", [
+          Event.make("instance.renew", { host_id: req.host_id, node_name: req.node_name, role: req.role, success: true })
+        ])
+        return {
+          host_id: req.host_id,
+          tls_cert: issued.tlsCert!,
+          ...(issued.sshCert === undefined ? {} : { ssh_cert: issued.sshCert }),
+          expires: expires.toISOString(),
+          ...(yield* caMaterial("host"))
+        }
+      }),
+
     "users.reset": (req) => Effect.zipRight(requireUser(req.name), createInvite(req.name, "admin")),
 
     "users.set_password": (req) =>
@@ -504,7 +533,8 @@ export const make = (deps: LocalAuthDeps) => {
         return { tls_cert: issued.tlsCert!, expires: expires.toISOString(), ...(yield* caMaterial("user")) }
       }),
 
-    "web.trusted_user_cas": () => Effect.map(ca.trustedTlsCerts("user"), (tls_ca_certs) => ({ tls_ca_certs })),
+    "web.trusted_user_cas": () =>
+      Effect.zipWith(ca.trustedTlsCerts("user"), ca.trustedSshKeys("user"), (tls_ca_certs, ssh_keys) => ({ tls_ca_certs, ssh_keys })),
 
     "web.cert_refused": (req) =>
       Effect.as(
