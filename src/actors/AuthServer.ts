@@ -24,6 +24,8 @@ import * as DbAccess from "./DbAccess.ts"
 import * as LocalAuth from "./LocalAuth.ts"
 import type { LocalAuthSettings } from "./LocalAuth.ts"
 import { Outbox } from "./Outbox.ts"
+import { RecordingStore } from "../adapters/RecordingStore.ts"
+import * as SessionRecordings from "./SessionRecordings.ts"
 
 export const VERSION = "0.1.0"
 
@@ -110,6 +112,7 @@ export const make = (settings: AuthSettings) =>
     const appendRecord = (stream: string, a: string, drafts: ReadonlyArray<Omit<EventDraft, "actor">>) => write(stream, a, drafts, "any")
     const local = LocalAuth.make({ store, projector, ca, settings, write: appendRecord })
     const db = yield* DbAccess.make({ store, projector, ca, clusterName: settings.clusterName, write: appendRecord })
+    const recordings = SessionRecordings.make({ store, recordings: yield* RecordingStore, projector })
 
     const handlers: Handlers = {
       status: () =>
@@ -242,7 +245,8 @@ export const make = (settings: AuthSettings) =>
       "events.replay": () => projector.replay,
 
       ...local.handlers,
-      ...db
+      ...db,
+      ...recordings
     }
     return handlers
   })
