@@ -176,6 +176,10 @@ export const login = (proxy: string, req: LoginRequest, opts: TlsOptions = {}): 
 export const whoami = (proxy: string, opts: ClientCertOptions): Effect.Effect<unknown, WebApiError> =>
   request(proxy, "GET", "/v1/webapi/whoami", undefined, opts)
 
+/** `GET` of a web API path with the user's certificate (mTLS), its answer decoded with `schema`. */
+export const getJson = <A, I>(proxy: string, urlPath: string, schema: Schema.Schema<A, I>, what: string, opts: ClientCertOptions): Effect.Effect<A, WebApiError> =>
+  Effect.flatMap(request(proxy, "GET", urlPath, undefined, opts), decode(schema, what))
+
 /** `GET /v1/webapi/databases` with the user's certificate (mTLS): the databases the user may see. */
 export const databases = (proxy: string, opts: ClientCertOptions): Effect.Effect<typeof DatabasesResponse.Type, WebApiError> =>
   Effect.flatMap(request(proxy, "GET", "/v1/webapi/databases", undefined, opts), decode(DatabasesResponse, "databases"))

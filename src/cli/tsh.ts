@@ -19,6 +19,7 @@ import { generateEcdsaKeyPair, parseCertIdentity } from "../adapters/x509.ts"
 import { certIdentityExtensions, decodeCertificate, IDENTITY_EXTENSIONS, privateKeyToOpenSsh, publicKeyBlob, publicKeyLine } from "../protocols/ssh/cert.ts"
 import { runCli } from "./run.ts"
 import { dbCommand, proxyCommand } from "./tshDb.ts"
+import { playCommand, recordingsCommand } from "./tshPlay.ts"
 
 class TshError extends Data.TaggedError("TshError")<{ readonly message: string }> {}
 
@@ -358,7 +359,7 @@ const version = Command.make("version", {}, () => Console.log(`Remoteler v${VERS
 
 const tsh = root.pipe(
   Command.withDescription("Log in to a Remoteler cluster and reach its databases and servers."),
-  Command.withSubcommands([login, status, logout, dbCommand, proxyCommand, version])
+  Command.withSubcommands([login, status, logout, dbCommand, proxyCommand, recordingsCommand, playCommand, version])
 )
 
 runCli(Command.run(tsh, { name: "tsh", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)
