@@ -19,6 +19,7 @@ import * as Profiles from "../adapters/TshProfile.ts"
 import * as WebApi from "../adapters/WebApiClient.ts"
 import { generateEcdsaKeyPair } from "../adapters/x509.ts"
 import type { DatabaseInfo } from "../domain/WebApi.ts"
+import { redisCliCommand, runRedisCli } from "./tshDbRedis.ts"
 
 export class TshDbError extends Data.TaggedError("TshDbError")<{ readonly message: string }> {}
 
@@ -107,8 +108,8 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     const listed = yield* Effect.mapError(WebApi.databases(p.file.web_proxy_addr, clientCert(p)), withMessage)
     const db = listed.databases.find((d) => d.name === name)
     if (db === undefined) return yield* fail(`database "${name}" not found, use "tsh db ls" to see the databases you can reach`)
-    if (db.protocol !== "postgres") {
-      return yield* fail(`database "${name}" speaks ${PROTOCOL_NAMES[db.protocol] ?? db.protocol}; tsh db supports PostgreSQL only for now`)
+    if (db.protocol !== "postgres" && db.protocol !== "redis") {
+      return yield* fail(`database "${name}" speaks ${PROTOCOL_NAMES[db.protocol] ?? db.protocol}; tsh db supports PostgreSQL and Redis for now`)
     }
     const named = db.allowed_users.filter((u) => u !== "*")
     const user = Option.isSome(dbUser)
@@ -140,6 +141,7 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     )
     const login: Profiles.DbLogin = { cluster: p.file.cluster, info, paths }
     const addr = yield* proxyOf(p)
+    if (db.protocol === "redis") return login
     yield* Effect.try({
       try: () => PgService.writeSection(pgServiceFile, serviceName(p.file.cluster, name), serviceEntries(connectionOf(addr, login))),
       catch: (e) => fail(`cannot write ${pgServiceFile}: ${(e as Error).message}`)
@@ -316,7 +318,8 @@ const config = Command.make(
       const p = yield* currentProfile
       const l = yield* activeLogin(p, o.db)
       const c = connectionOf(yield* proxyOf(p), l)
-      if (o.format === "cmd") return yield* Console.log(psqlCommand(c))
+      const redis = l.info.protocol === "redis"
+      if (o.format === "cmd") return yield* Console.log(redis ? redisCliCommand(c) : psqlCommand(c))
       if (o.format === "json") {
         return yield* Console.log(
           JSON.stringify(
@@ -338,9 +341,9 @@ const config = Command.make(
           `${label("Cert")}${c.cert}`,
           `${label("Key")}${c.key}`,
           "",
-          "Connect with psql:",
-          `  $ ${psqlCommand(c)}`,
-          `  $ psql "service=${serviceName(l.cluster, l.info.service_name)}"`
+          ...(redis
+            ? ["Connect with redis-cli:", `  $ ${redisCliCommand(c)}`]
+            : ["Connect with psql:", `  $ ${psqlCommand(c)}`, `  $ psql "service=${serviceName(l.cluster, l.info.service_name)}"`])
         ].join("\n")
       )
     })
@@ -381,6 +384,12 @@ const connect = Command.make("connect", { dbUser: dbUserOpt, dbName: dbNameOpt, 
     const { pgServiceFile } = yield* places
     const p = yield* currentProfile
     const l = yield* ensureLogin(p, o.db, o.dbUser, o.dbName)
+    if (l.info.protocol === "redis") {
+      const code = yield* Effect.mapError(runRedisCli(connectionOf(yield* proxyOf(p), l)), withMessage)
+      return yield* Effect.sync(() => {
+        process.exitCode = code
+      })
+    }
     const code = yield* runPsql([`service=${serviceName(l.cluster, l.info.service_name)}`], pgServiceFile)
     yield* Effect.sync(() => {
       process.exitCode = code

@@ -159,6 +159,17 @@ export const DbSessionQuery = Schema.Struct({
   db_query_parameters: Schema.optional(Schema.Array(Schema.NullOr(Schema.String)))
 })
 export const DbSessionEnd = Schema.Struct(DbSessionFields)
+/**
+ * One Redis command. Teleport records these as db.session.query (TDB02I) with the command as
+ * text; we keep that text in `db_query` and add the name and arguments (each cut at 1 KiB, with
+ * its length noted; passwords masked). TRD00I is our code: Teleport has none.
+ */
+export const DbRedisCommand = Schema.Struct({
+  ...DbSessionFields,
+  command: Schema.String,
+  args: Schema.Array(Schema.String),
+  db_query: Schema.String
+})
 
 /**
  * The registry: every event type with its code and payload schema. Adding an event type means
@@ -189,7 +200,8 @@ export const EventTypes = {
   // TDB00W when denied
   "db.session.start": { code: "TDB00I", payload: DbSessionStart },
   "db.session.query": { code: "TDB02I", payload: DbSessionQuery },
-  "db.session.end": { code: "TDB01I", payload: DbSessionEnd }
+  "db.session.end": { code: "TDB01I", payload: DbSessionEnd },
+  "db.session.redis.command": { code: "TRD00I", payload: DbRedisCommand }
 } as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
 
 export type EventType = keyof typeof EventTypes
@@ -221,7 +233,8 @@ export const DomainEvent = Schema.Union(
   variant("resource.expired"),
   variant("db.session.start"),
   variant("db.session.query"),
-  variant("db.session.end")
+  variant("db.session.end"),
+  variant("db.session.redis.command")
 )
 export type DomainEvent = typeof DomainEvent.Type
 

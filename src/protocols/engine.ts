@@ -13,6 +13,7 @@ import type { Effect, Scope } from "effect"
 import type { ResourceLabels } from "../domain/Labels.ts"
 import type { Role, Traits } from "../domain/Role.ts"
 import { PostgresEngine } from "./postgres/engine.ts"
+import { RedisEngine } from "./redis/engine.ts"
 
 /** Database protocols Remoteler knows; an engine registers under one of these names. */
 export type DatabaseProtocol = "postgres" | "mysql" | "mongodb" | "redis" | "sqlserver"
@@ -135,5 +136,8 @@ export const engineFor = (registry: EngineRegistry, protocol: string): Engine | 
 export const engines: EngineRegistry = {
   get postgres(): Engine {
     return PostgresEngine
+  },
+  get redis(): Engine {
+    return RedisEngine
   }
 }
