@@ -67,6 +67,8 @@ type DbHandlers = Pick<
 
 /** What agents may report: the database session events of the registry. */
 const DB_EVENT_TYPES = new Set(Object.keys(EventTypes).filter((t) => t.startsWith("db.session.")))
+/** What SSH nodes report: their sessions, and logins and connections they refused. */
+const NODE_EVENT_TYPES = new Set(["session.start", "session.end", "exec", "port", "scp", "auth", "client.disconnect"])
 
 export const make = (deps: {
   readonly store: EventStoreShape
@@ -301,31 +303,35 @@ export const make = (deps: {
           // Validate everything first: a bad event refuses the whole upload, before anything is stored.
           const drafts: Array<{ sid: string; draft: EventDraft }> = []
           for (const e of req.events) {
-            if (!DB_EVENT_TYPES.has(e.type)) return yield* new BadParameter({ message: `agents may not report ${e.type}` })
+            const allowed = req.system_role === "Node" ? NODE_EVENT_TYPES : DB_EVENT_TYPES
+            if (!allowed.has(e.type)) return yield* new BadParameter({ message: `agents may not report ${e.type}` })
             const schema = EventTypes[e.type as keyof typeof EventTypes].payload as Schema.Schema<unknown, unknown>
             const payload: Record<string, unknown> = { ...(e.payload as Record<string, unknown>), server_id: req.host_id }
             if (Schema.decodeUnknownEither(schema)(payload)._tag === "Left") {
               return yield* new BadParameter({ message: `bad ${e.type} event from agent ${req.host_id}` })
             }
-            drafts.push({ sid: String(payload["sid"]), draft: { id: e.id, time: e.time, type: e.type, code: e.code, actor: req.host_id, payload } })
+            // Events outside a session (refused logins, port forwards) go to the agent's own stream.
+            const sid = typeof payload["sid"] === "string" ? payload["sid"] : undefined
+            drafts.push({ sid: sid ?? `host:${req.host_id}`, draft: { id: e.id, time: e.time, type: e.type, code: e.code, actor: req.host_id, payload } })
           }
           // One append per session (in the agent's order); the sessions' appends share the store's
           // group commit. A retried upload repeats ids, which the store refuses: then each event of
           // that session goes alone, so the ones already stored are skipped and the rest go in.
           const bySession = new Map<string, Array<EventDraft>>()
           for (const { sid, draft } of drafts) bySession.set(sid, [...(bySession.get(sid) ?? []), draft])
+          const streamOf = (sid: string) => (sid.startsWith("host:") ? `agent/${sid.slice(5)}` : `session/${sid}`)
           const alreadyIn = (m: string) => /already exists/.test(m)
           const results = yield* Effect.forEach(
             [...bySession],
             ([sid, events]) =>
               Effect.gen(function* () {
-                const all = yield* Effect.either(store.append({ stream: `session/${sid}`, expectedVersion: "any", events }))
+                const all = yield* Effect.either(store.append({ stream: streamOf(sid), expectedVersion: "any", events }))
                 if (all._tag === "Right") return { stored: events.length, seq: all.right[all.right.length - 1]!.seq }
                 if (!alreadyIn(all.left.message)) return yield* new Unavailable({ message: `event store: ${all.left.message}` })
                 let stored = 0
                 let seq = 0
                 for (const event of events) {
-                  const one = yield* Effect.either(store.append({ stream: `session/${sid}`, expectedVersion: "any", events: [event] }))
+                  const one = yield* Effect.either(store.append({ stream: streamOf(sid), expectedVersion: "any", events: [event] }))
                   if (one._tag === "Right") {
                     stored++
                     seq = one.right[0]!.seq

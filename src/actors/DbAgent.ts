@@ -5,17 +5,18 @@
  * through the proxy and drops them only once auth has stored them.
  */
 import { randomUUID } from "node:crypto"
-import { Duration, Effect, Layer, Schema, Schedule } from "effect"
+import { Deferred, Duration, Effect, Layer, Schema, Schedule } from "effect"
 import type { AgentIdentity } from "../adapters/AgentIdentity.ts"
-import { agentPost, parseProxy } from "../adapters/AgentIdentity.ts"
 import * as AuditBuffer from "../adapters/AuditBuffer.ts"
 import * as X509 from "../adapters/x509.ts"
 import { Role } from "../domain/Role.ts"
 import type { SessionDatabase, SessionIdentity } from "../protocols/engine.ts"
 import { EngineError, engineFor, engines } from "../protocols/engine.ts"
+import { learnServers as learnMysqlServers } from "../protocols/mysql/io.ts"
+import type { ServerInfo as MysqlServerInfo } from "../protocols/mysql/io.ts"
 import { cancelRequest } from "../protocols/postgres/engine.ts"
 import { CANCEL_TARGET, DatabaseResource, Resources } from "../protocols/tunnel/wire.ts"
-import * as TunnelAgent from "./TunnelAgent.ts"
+import * as TunnelPool from "./TunnelPool.ts"
 
 export interface AgentDatabase extends SessionDatabase {
   readonly description?: string | undefined
@@ -33,6 +34,9 @@ export const make = (options: {
   Effect.gen(function* () {
     const { identity, proxy } = options
     const buffer = AuditBuffer.open(options.dataDir)
+    // Calls to the proxy go through the tunnel pool: the given proxy first, then any other.
+    const pool = yield* Deferred.make<TunnelPool.TunnelPoolApi>()
+    const post = (urlPath: string, body: unknown) => Effect.flatMap(Deferred.await(pool), (p) => p.post(urlPath, body))
     yield* Effect.addFinalizer(() => buffer.close)
 
     // Uploads the buffer in order; a failure leaves everything in place for the next round.
@@ -46,7 +50,7 @@ export const make = (options: {
           yield* buffer.acknowledge(next)
           continue
         }
-        yield* agentPost(proxy, identity, "/v1/webapi/agent/events", { events })
+        yield* post("/v1/webapi/agent/events", { events })
         yield* buffer.acknowledge(next)
       }
     })
@@ -59,28 +63,38 @@ export const make = (options: {
     const issueClientCert = (dbUser: string) =>
       Effect.gen(function* () {
         const keys = yield* X509.generateEcdsaKeyPair()
-        const r = (yield* agentPost(proxy, identity, "/v1/webapi/agent/db-client-cert", {
+        const r = (yield* post("/v1/webapi/agent/db-client-cert", {
           db_user: dbUser,
           tls_pub_key: keys.publicKeyPem
         })) as { tls_cert: string; tls_ca_certs: ReadonlyArray<string> }
         return { certPem: r.tls_cert, keyPem: keys.privateKeyPem, caPems: r.tls_ca_certs }
       }).pipe(Effect.mapError((e) => new EngineError({ reason: "UpstreamAuth", message: `cannot get a certificate for db user ${dbUser}: ${e.message}`, cause: e })))
 
+    // MySQL servers speak first, so the proxy greets clients itself, with the version and
+    // capabilities of the real server: learned from its greeting here and advertised with it.
+    const agentReady = yield* Deferred.make<TunnelPool.TunnelPoolApi>()
+    const mysqlField = (info: MysqlServerInfo) => ({ server_version: info.serverVersion, capabilities: info.capabilities, charset: info.charset })
+    const mysqlInfo = yield* learnMysqlServers(options.databases, (name, info) =>
+      Effect.flatMap(Deferred.await(agentReady), (a) =>
+        Effect.flatMap(a.resources, (r) =>
+          a.setResources(new Resources({ ...r, databases: r.databases.map((d) => (d.name === name ? new DatabaseResource({ ...d, mysql: mysqlField(info) }) : d)) }))
+        )
+      )
+    )
+
     const byName = new Map(options.databases.map((d) => [d.name, d]))
-    const target = parseProxy(proxy)
-    const agent = yield* TunnelAgent.make({
-      host: target.host,
-      port: target.port,
-      cert: identity.certPem,
-      key: identity.keyPem,
-      ca: identity.caPems,
+    const agent = yield* TunnelPool.make({
+      proxy,
+      identity,
+      dataDir: options.dataDir,
       resources: new Resources({
         databases: options.databases.map(
           (d) =>
             new DatabaseResource({
               name: d.name,
               protocol: d.protocol,
-              labels: { ...d.labels, ...(d.description === undefined ? {} : { description: d.description }) }
+              labels: { ...d.labels, ...(d.description === undefined ? {} : { description: d.description }) },
+              ...(mysqlInfo.has(d.name) ? { mysql: mysqlField(mysqlInfo.get(d.name)!) } : {})
             })
         )
       }),
@@ -105,6 +119,8 @@ export const make = (options: {
               database,
               issueClientCert,
               audit: (e) => buffer.append({ type: e.type, code: e.code, payload: { ...e.fields } }),
+              // Queries: written before they are forwarded, fsynced in groups (see AuditBuffer).
+              appendAudit: (e) => buffer.write({ type: e.type, code: e.code, payload: e.fields }),
               sessionId: t.meta["session_id"] ?? randomUUID(),
               clusterName: options.clusterName,
               hostId: identity.hostId
@@ -112,6 +128,8 @@ export const make = (options: {
           )
         })
     })
+    yield* Deferred.succeed(agentReady, agent)
+    yield* Deferred.succeed(pool, agent)
     return agent
   })
 

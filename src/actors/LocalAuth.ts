@@ -30,6 +30,8 @@ const INVALID_CREDENTIALS = "invalid credentials"
 const MAX_TTL_SECONDS = 30 * 24 * 3600
 
 export interface LocalAuthSettings {
+  /** How long agents' host certificates live (`auth_service.host_cert_ttl`); default 7 days. */
+  readonly hostCertTtlMs?: number | undefined
   readonly clusterName: string
   readonly secondFactor: "otp" | "off"
   /** host:port that users reach the proxy on (invite links, `find`). */
@@ -81,6 +83,7 @@ type LocalHandlers = Pick<
   | "tokens.list"
   | "tokens.delete"
   | "web.join"
+  | "web.host_renew"
 >
 
 interface TokenSecret {
@@ -329,7 +332,7 @@ export const make = (deps: LocalAuthDeps) => {
         if (Date.parse(token.expires) <= Date.now()) return yield* joinFailure(req, "token expired", token.name)
         if (!token.roles.includes(req.role)) return yield* joinFailure(req, `token does not allow role ${req.role}`, token.name)
         const hostId = randomUUID()
-        const expires = new Date(Date.now() + HOST_CERT_TTL_MS)
+        const expires = new Date(Date.now() + (settings.hostCertTtlMs ?? HOST_CERT_TTL_MS))
         const issued = yield* ca.signHost({
           hostId,
           nodeName: req.node_name,
@@ -366,7 +369,7 @@ export const make = (deps: LocalAuthDeps) => {
       Effect.gen(function* () {
         // The proxy checked the agent's current certificate (host CA, not expired) and filled in
         // host_id, node_name and role from it; a locked host gets nothing.
-        const expires = new Date(Date.now() + HOST_CERT_TTL_MS)
+        const expires = new Date(Date.now() + (settings.hostCertTtlMs ?? HOST_CERT_TTL_MS))
         const issued = yield* ca.signHost({
           hostId: req.host_id,
           nodeName: req.node_name,

@@ -11,7 +11,7 @@ import * as fs from "node:fs"
 import type * as http from "node:http"
 import type { TLSSocket } from "node:tls"
 import { randomBytes, randomUUID } from "node:crypto"
-import { Effect, Either, Layer, Runtime, Schema, Stream } from "effect"
+import { Effect, Either, Layer, Option, Runtime, Schema, Stream } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
 import * as Presence from "../adapters/Presence.ts"
 import * as ProxyListener from "../adapters/ProxyListener.ts"
@@ -54,6 +54,8 @@ export interface ProxyWebSettings {
 const MAX_BODY = 64 * 1024
 /** How often the proxy repeats its agents' presence; auth expires an agent after 15 s of silence. */
 const HEARTBEAT_INTERVAL = "5 seconds"
+/** A peer proxy silent for this long is left out of the list agents get. */
+const PEER_TTL_MS = 15_000
 
 /**
  * An agent's audit upload: a batch of events, each as long as the query it records. The agent
@@ -244,11 +246,45 @@ export const make = (settings: ProxyWebSettings) =>
         if (method === "POST" && (path === "/v1/webapi/agent/events" || path === "/v1/webapi/agent/db-client-cert")) {
           const id = yield* agentIdentity(req.socket as TLSSocket)
           if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
-          if (id.right.systemRole !== "Db") return sendJson(res, 403, { error: { message: "only database agents may do this" } })
+          const role = id.right.systemRole
+          if (role !== "Db" && !(role === "Node" && path === "/v1/webapi/agent/events")) {
+            return sendJson(res, 403, { error: { message: "only database agents may do this" } })
+          }
           const hostId = id.right.hostId!
           return path === "/v1/webapi/agent/events"
-            ? sendJson(res, 200, yield* auth("web.agent_events", { ...(body as RequestOf<"web.agent_events">), host_id: hostId }))
+            ? sendJson(res, 200, yield* auth("web.agent_events", { ...(body as RequestOf<"web.agent_events">), host_id: hostId, system_role: role }))
             : sendJson(res, 200, yield* auth("web.db_client_cert", { ...(body as RequestOf<"web.db_client_cert">), host_id: hostId }))
+        }
+        // Any agent: renew its host certificate before expiry; learn every proxy to keep a tunnel to each.
+        if ((method === "POST" && path === "/v1/webapi/agent/renew") || (method === "GET" && path === "/v1/webapi/agent/proxies")) {
+          const id = yield* agentIdentity(req.socket as TLSSocket)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          if (path === "/v1/webapi/agent/proxies") return sendJson(res, 200, { self: settings.publicAddr, proxies: livePeers() })
+          const role = id.right.systemRole === "Db" ? "db" : id.right.systemRole === "Node" ? "node" : undefined
+          if (role === undefined) return sendJson(res, 403, { error: { message: "only agents renew here" } })
+          const b = body as { tls_pub_key?: unknown; ssh_pub_key?: unknown }
+          if (typeof b.tls_pub_key !== "string") return sendJson(res, 400, { error: { message: "tls_pub_key is required" } })
+          return sendJson(
+            res,
+            200,
+            yield* auth("web.host_renew", {
+              host_id: id.right.hostId!,
+              node_name: id.right.nodeName ?? id.right.hostId!,
+              role,
+              tls_pub_key: b.tls_pub_key,
+              ...(typeof b.ssh_pub_key === "string" ? { ssh_pub_key: b.ssh_pub_key } : {})
+            })
+          )
+        }
+        // SSH nodes check user certificates themselves: the user CA's SSH keys, and a user's roles at login.
+        if (method === "POST" && (path === "/v1/webapi/agent/ssh-user-cas" || path === "/v1/webapi/agent/ssh-session")) {
+          const id = yield* agentIdentity(req.socket as TLSSocket)
+          if (Either.isLeft(id)) return sendJson(res, 401, { error: { message: id.left } })
+          if (id.right.systemRole !== "Node") return sendJson(res, 403, { error: { message: "only SSH nodes may do this" } })
+          if (path === "/v1/webapi/agent/ssh-user-cas") return sendJson(res, 200, { ssh_keys: (yield* auth("web.trusted_user_cas", {})).ssh_keys ?? [] })
+          const user = (body as { user?: unknown }).user
+          if (typeof user !== "string") return sendJson(res, 400, { error: { message: "user is required" } })
+          return sendJson(res, 200, yield* auth("web.db_session", { user }))
         }
         // Session recordings: nodes upload (host certificate), users read (user certificate).
         if (method === "POST" && path === "/v1/webapi/agent/recording") {
@@ -308,6 +344,39 @@ export const make = (settings: ProxyWebSettings) =>
     }
     // Agents' tunnels: verified against the host CA, then their presence goes to auth.
     const tunnels = yield* TunnelServer.make({})
+    // This proxy's own heartbeat (presence.proxy.<id>) and its peers', so agents can keep a tunnel
+    // to every proxy (Teleport's default) and a user landing on any proxy finds their agent.
+    const creds = yield* Effect.serviceOption(AuthApiBus.RpcCredentials)
+    const selfId = Option.match(creds, {
+      onNone: () => `proxy-${settings.publicAddr}`,
+      onSome: (c) => Either.match(X509.parseCertIdentity(c.certPem), { onLeft: () => `proxy-${settings.publicAddr}`, onRight: (i) => i.hostId ?? i.username })
+    })
+    const peers = new Map<string, { addr: string; lastSeen: number }>()
+    const livePeers = () => {
+      const now = Date.now()
+      const out = [{ id: selfId, addr: settings.publicAddr }]
+      for (const [id, p] of peers) if (id !== selfId && now - p.lastSeen <= PEER_TTL_MS) out.push({ id, addr: p.addr })
+      return out.sort((a, b) => a.id.localeCompare(b.id))
+    }
+    yield* Effect.forkScoped(
+      Effect.forever(
+        Presence.publish(bus, settings.clusterName, "proxy", selfId, { id: selfId, addr: settings.publicAddr }).pipe(
+          Effect.catchAll((e) => Effect.logWarning(`could not publish this proxy's presence: ${e.message}`)),
+          Effect.zipRight(Effect.sleep(HEARTBEAT_INTERVAL))
+        )
+      )
+    )
+    const peerBeats = yield* Presence.subscribe(bus, settings.clusterName, "proxy", trustedHostCas).pipe(Effect.orDie)
+    yield* peerBeats.pipe(
+      Stream.runForEach((hb) =>
+        Effect.sync(() => {
+          const b = hb.body as { id?: unknown; addr?: unknown }
+          if (typeof b.id === "string" && typeof b.addr === "string" && b.id === hb.proxyHostId) peers.set(b.id, { addr: b.addr, lastSeen: Date.now() })
+        })
+      ),
+      Effect.forkScoped
+    )
+
     // Heartbeats go on the bus (presence.agent.<host id>), heard by every auth instance.
     const reportPresence = (agent: TunnelServer.AgentInfo, state: "connected" | "gone") =>
       Presence.publish(bus, settings.clusterName, "agent", agent.hostId, {

@@ -46,9 +46,12 @@ export interface TunnelAgentOptions<R = never> {
   readonly port: number
   /** SNI and the name checked in the proxy's certificate, when `host` is not that name. */
   readonly servername?: string
-  /** This agent's host certificate and key (PEM), signed by the host CA. */
-  readonly cert: string
-  readonly key: string
+  /**
+   * This agent's host certificate and key (PEM), signed by the host CA; a function is read at each
+   * connect, so a renewed certificate is used from the next reconnect on.
+   */
+  readonly cert: string | (() => string)
+  readonly key: string | (() => string)
   /** The host CA certificates the proxy's certificate must chain to. */
   readonly ca: ReadonlyArray<string>
   /** Require the proxy's certificate to carry a Proxy host identity. Default true. */
@@ -124,8 +127,8 @@ const dialProxy = (options: TunnelAgentOptions<never>): Effect.Effect<tls.TLSSoc
           port: options.port,
           ...(options.servername !== undefined ? { servername: options.servername } : {}),
           ALPNProtocols: [ALPN],
-          cert: options.cert,
-          key: options.key,
+          cert: typeof options.cert === "function" ? options.cert() : options.cert,
+          key: typeof options.key === "function" ? options.key() : options.key,
           ca: [...options.ca],
           rejectUnauthorized: true
         })

@@ -78,7 +78,7 @@ export const load = (dataDir: string): AgentIdentity | undefined => {
   }
 }
 
-const save = (dataDir: string, id: AgentIdentity) => {
+export const save = (dataDir: string, id: AgentIdentity) => {
   const f = files(dataDir)
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 })
   writeAtomic(f.key, id.keyPem, 0o600)

@@ -4,7 +4,8 @@
  */
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Effect, Either, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
+import { parseDurationOption } from "../domain/Rbac.ts"
 import type { FileConfig, NatsConfig, ResolvedConfig, Role, StorageConfig } from "../domain/Config.ts"
 import { FileConfig as FileConfigSchema } from "../domain/Config.ts"
 import { decodeYaml } from "../domain/YamlDecode.ts"
@@ -90,9 +91,16 @@ export const resolve = (flags: StartFlags): Effect.Effect<ResolvedConfig, Config
       return yield* fail(`--cluster-name: ${JSON.stringify(clusterName)} is not a valid cluster name (lower-case letters, digits, '-')`)
     }
 
+    const ttlText = file.auth_service?.host_cert_ttl
+    const hostCertTtlMs = ttlText === undefined ? undefined : Option.getOrUndefined(parseDurationOption(ttlText))
+    if (ttlText !== undefined && (hostCertTtlMs === undefined || hostCertTtlMs < 60_000)) {
+      return yield* fail(`auth_service.host_cert_ttl: ${JSON.stringify(ttlText)} is not a duration of at least 1m (e.g. "168h", "30m")`)
+    }
+
     return {
       dataDir,
       roles,
+      hostCertTtlMs,
       clusterName,
       storage,
       nats,

@@ -12,6 +12,7 @@ import * as fs from "node:fs"
 import * as crypto from "node:crypto"
 import * as os from "node:os"
 import * as DbAgent from "../actors/DbAgent.ts"
+import * as NodeAgent from "../actors/NodeAgent.ts"
 import { engineFor, engines } from "../protocols/engine.ts"
 import * as AgentIdentity from "../adapters/AgentIdentity.ts"
 import * as X509 from "../adapters/x509.ts"
@@ -84,6 +85,7 @@ const authLayer = (cfg: ResolvedConfig) => {
     storage: describeStorage(cfg.storage),
     bus: describeNats(cfg.nats),
     secondFactor: cfg.secondFactor,
+    hostCertTtlMs: cfg.hostCertTtlMs,
     proxyPublicAddr: proxyPublicAddr(cfg),
     mysqlPublicAddr: mysqlPublicAddr(cfg),
     version: AuthServer.VERSION
@@ -263,6 +265,8 @@ const start = Command.make(
       Options.repeated
     ),
     nodename: Options.text("nodename").pipe(Options.withDescription("agents: the name this agent joins as (default: host name)"), Options.optional),
+    labels: Options.text("labels").pipe(Options.withDescription("node: labels, key=value[,key=value...] (besides ssh_service.labels)"), Options.optional),
+    listenAddr: Options.text("listen-addr").pipe(Options.withDescription("node: also accept SSH directly on HOST:PORT (ssh_service.listen_addr)"), Options.optional),
     debug: Options.boolean("debug").pipe(Options.withDescription("verbose logging"))
   },
   (flags) =>
@@ -275,9 +279,55 @@ const start = Command.make(
         nats: Option.getOrUndefined(flags.nats),
         clusterName: Option.getOrUndefined(flags.clusterName)
       })
-      const unsupported = [...cfg.roles].filter((r) => r === "node")
-      if (unsupported.length > 0) {
-        return yield* Effect.fail(new Error(`role ${unsupported.join(", ")} is not available in this version; run --roles=auth,proxy,db`))
+      if (cfg.roles.has("node")) {
+        if (cfg.roles.size > 1) return yield* Effect.fail(new Error("run the node agent in a process of its own: --roles=node"))
+        yield* DataDir.acquire(cfg.dataDir)
+        const proxy = Option.getOrUndefined(flags.proxy) ?? cfg.proxyServer
+        if (proxy === undefined) return yield* Effect.fail(new Error("the node agent needs --proxy=HOST:PORT"))
+        const labels: Record<string, string> = { ...cfg.ssh.labels }
+        for (const part of Option.getOrElse(flags.labels, () => "").split(",").filter((p) => p !== "")) {
+          const eq = part.indexOf("=")
+          if (eq <= 0) return yield* Effect.fail(new Error(`--labels: expected key=value, got ${JSON.stringify(part)}`))
+          labels[part.slice(0, eq)] = part.slice(eq + 1)
+        }
+        const listenAddr = Option.getOrUndefined(flags.listenAddr) ?? cfg.ssh.listen_addr
+        if (listenAddr !== undefined && !/^(\[[0-9a-fA-F:]+\]|[a-zA-Z0-9.-]*):\d{1,5}$/.test(listenAddr)) {
+          return yield* Effect.fail(new Error(`--listen-addr: expected HOST:PORT, got ${JSON.stringify(listenAddr)}`))
+        }
+        const nodeName = Option.getOrUndefined(flags.nodename) ?? os.hostname()
+        const identity = yield* AgentIdentity.loadOrJoin({
+          dataDir: cfg.dataDir,
+          proxy,
+          role: "node",
+          nodeName,
+          token: Option.getOrUndefined(flags.token) ?? cfg.authToken,
+          caPin: Option.getOrUndefined(flags.caPin)
+        })
+        const clusterName = Either.getOrElse(
+          Either.map(X509.parseCertIdentity(identity.certPem), (i) => i.routeToCluster),
+          () => cfg.clusterName
+        )
+        return yield* Layer.launch(
+          Layer.scopedDiscard(
+            Effect.gen(function* () {
+              const node = yield* NodeAgent.make({
+                dataDir: cfg.dataDir,
+                proxy,
+                clusterName,
+                identity,
+                nodeName: identity.nodeName,
+                hostname: os.hostname(),
+                labels,
+                listenAddr
+              })
+              yield* Console.log(
+                `remoteler: node agent ${identity.hostId} (${identity.nodeName}) through ${proxy}` +
+                  (node.listenPort === undefined ? "" : `; SSH listening on port ${node.listenPort}`) +
+                  `; host key ${node.hostKey}`
+              )
+            })
+          )
+        )
       }
       if (cfg.roles.has("db")) {
         if (cfg.roles.size > 1) return yield* Effect.fail(new Error("run the db agent in a process of its own: --roles=db"))

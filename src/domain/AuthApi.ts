@@ -163,6 +163,20 @@ export const AuthMethods = {
     }),
     response: Schema.extend(SignResponse, Schema.Struct({ host_id: Schema.String }))
   },
+  /**
+   * A new host certificate for an agent whose current one the proxy verified: same host id, name
+   * and role, fresh key. Agents call it when half their certificate's life has passed.
+   */
+  "web.host_renew": {
+    request: Schema.Struct({
+      host_id: Schema.String,
+      node_name: Schema.String,
+      role: JoinRole,
+      tls_pub_key: Schema.String,
+      ssh_pub_key: Schema.optional(Schema.String)
+    }),
+    response: Schema.extend(SignResponse, Schema.Struct({ host_id: Schema.String }))
+  },
   "web.trusted_host_cas": { request: Empty, response: Schema.Struct({ tls_ca_certs: Schema.Array(Schema.String) }) },
   "web.agent_presence": {
     request: Schema.Struct({
@@ -197,6 +211,8 @@ export const AuthMethods = {
   "web.agent_events": {
     request: Schema.Struct({
       host_id: Schema.String,
+      /** The agent's role from its host certificate ("Db", "Node"): which events it may report. */
+      system_role: Schema.optional(Schema.String),
       events: Schema.Array(
         Schema.Struct({ id: Schema.UUID, type: Schema.String, code: Schema.String, time: Schema.String, payload: Schema.Unknown })
       )
@@ -276,6 +292,7 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.trusted_user_cas",
   "web.cert_refused",
   "web.join",
+  "web.host_renew",
   "web.trusted_host_cas",
   "web.databases",
   "web.nodes",

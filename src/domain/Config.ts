@@ -44,6 +44,8 @@ export const AuthServiceConfig = Schema.Struct({
   enabled: Schema.optional(Schema.Boolean),
   cluster_name: Schema.optional(ClusterName),
   listen_addr: Schema.optional(HostPort),
+  /** How long agents' host certificates live, a Go duration ("168h", the default); agents renew at half of it. */
+  host_cert_ttl: Schema.optional(Schema.String),
   authentication: Schema.optional(
     Schema.Struct({
       type: Schema.optional(Schema.Literal("local")),
@@ -120,6 +122,8 @@ export interface ResolvedConfig {
   readonly nats: NatsConfig | undefined
   readonly authListenAddr: string
   readonly secondFactor: "otp" | "off"
+  /** `auth_service.host_cert_ttl` in ms, when set. */
+  readonly hostCertTtlMs: number | undefined
   readonly proxy: typeof ProxyServiceConfig.Type
   readonly db: typeof DbServiceConfig.Type
   readonly ssh: typeof SshServiceConfig.Type

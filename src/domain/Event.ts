@@ -172,6 +172,92 @@ export const DbRedisCommand = Schema.Struct({
 })
 
 /**
+ * A MySQL command other than a query, with Teleport's event names and TMY codes (prepared
+ * statements, COM_INIT_DB, the old administrative commands). Executions of prepared statements
+ * are db.session.query events with their parameters, as the issue asks, not TMY01I.
+ */
+export const DbMysqlStatement = Schema.Struct({
+  ...DbSessionFields,
+  db_query: Schema.optional(Schema.String),
+  statement_id: Schema.optional(Schema.Number),
+  parameter_id: Schema.optional(Schema.Number),
+  data_size: Schema.optional(Schema.Number),
+  rows_count: Schema.optional(Schema.Number),
+  schema_name: Schema.optional(Schema.String),
+  process_id: Schema.optional(Schema.Number),
+  subcommand: Schema.optional(Schema.String)
+})
+
+/**
+ * SSH session events as node agents report them, with Teleport's field names. As with database
+ * events, auth stamps `server_id` from the agent's verified certificate.
+ */
+const SshSessionFields = {
+  user: Schema.String,
+  login: Schema.String,
+  sid: Schema.String,
+  server_id: Schema.String,
+  server_hostname: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String)
+}
+export const SshSessionStart = Schema.Struct({
+  ...SshSessionFields,
+  server_labels: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  proto: Schema.optional(Schema.String),
+  interactive: Schema.Boolean,
+  /** "COLS:ROWS" of the PTY. */
+  size: Schema.optional(Schema.String),
+  initial_command: Schema.optional(Schema.Array(Schema.String)),
+  /** "node" when the node records the session, "off" for sessions without a PTY. */
+  session_recording: Schema.optional(Schema.String)
+})
+export const SshSessionEnd = Schema.Struct({
+  ...SshSessionFields,
+  interactive: Schema.Boolean,
+  participants: Schema.Array(Schema.String),
+  session_start: Schema.String,
+  session_stop: Schema.String,
+  /** SHA-256 of the whole recording file, so the chain vouches for the recording auth stores. */
+  session_recording_sha256: Schema.optional(Schema.String),
+  session_recording_bytes: Schema.optional(Schema.Number)
+})
+/** A command run in a session; T3002E when it failed or exited non-zero. */
+export const SshExec = Schema.Struct({
+  ...SshSessionFields,
+  command: Schema.String,
+  exitCode: Schema.String,
+  exitError: Schema.optional(Schema.String)
+})
+/** A direct-tcpip (`ssh -L`) connection; T3003E when refused or the target was unreachable. */
+export const SshPortForward = Schema.Struct({
+  user: Schema.String,
+  login: Schema.String,
+  server_id: Schema.String,
+  server_hostname: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String),
+  addr: Schema.String,
+  success: Schema.Boolean,
+  error: Schema.optional(Schema.String)
+})
+/** A file transferred (scp, sftp): T3004I download, T3005I upload. */
+export const SshFileTransfer = Schema.Struct({
+  ...SshSessionFields,
+  path: Schema.String,
+  action: Schema.Literal("download", "upload"),
+  command: Schema.optional(Schema.String)
+})
+/** The node closed a client's connection for what it sent (a window-change storm, ...). */
+export const ClientDisconnect = Schema.Struct({
+  user: Schema.String,
+  login: Schema.optional(Schema.String),
+  sid: Schema.optional(Schema.String),
+  server_id: Schema.String,
+  server_hostname: Schema.optional(Schema.String),
+  "addr.remote": Schema.optional(Schema.String),
+  reason: Schema.String
+})
+
+/**
  * The registry: every event type with its code and payload schema. Adding an event type means
  * adding a row here; an event whose type or payload does not decode stops replay at its seq.
  */
@@ -195,13 +281,36 @@ export const EventTypes = {
   "join_token.delete": { code: "TJT01I", payload: JoinTokenDeleted },
   // TJ001E on failure
   "instance.join": { code: "TJ001I", payload: InstanceJoin },
+  /** An agent renewed its host certificate before expiry (same host id, same role). */
+  "instance.renew": { code: "TJ002I", payload: InstanceJoin },
   "resource.appeared": { code: "TRS00I", payload: ResourcePresence },
   "resource.expired": { code: "TRS01I", payload: ResourcePresence },
+  "session.start": { code: "T2000I", payload: SshSessionStart },
+  "session.end": { code: "T2004I", payload: SshSessionEnd },
+  // T3002E when the command failed
+  exec: { code: "T3002I", payload: SshExec },
+  // T3003E when refused
+  port: { code: "T3003I", payload: SshPortForward },
+  // T3005I for uploads
+  scp: { code: "T3004I", payload: SshFileTransfer },
+  "client.disconnect": { code: "T3006I", payload: ClientDisconnect },
   // TDB00W when denied
   "db.session.start": { code: "TDB00I", payload: DbSessionStart },
   "db.session.query": { code: "TDB02I", payload: DbSessionQuery },
   "db.session.end": { code: "TDB01I", payload: DbSessionEnd },
-  "db.session.redis.command": { code: "TRD00I", payload: DbRedisCommand }
+  "db.session.redis.command": { code: "TRD00I", payload: DbRedisCommand },
+  "db.session.mysql.statements.prepare": { code: "TMY00I", payload: DbMysqlStatement },
+  "db.session.mysql.statements.send_long_data": { code: "TMY02I", payload: DbMysqlStatement },
+  "db.session.mysql.statements.close": { code: "TMY03I", payload: DbMysqlStatement },
+  "db.session.mysql.statements.reset": { code: "TMY04I", payload: DbMysqlStatement },
+  "db.session.mysql.statements.fetch": { code: "TMY05I", payload: DbMysqlStatement },
+  "db.session.mysql.init_db": { code: "TMY07I", payload: DbMysqlStatement },
+  "db.session.mysql.create_db": { code: "TMY08I", payload: DbMysqlStatement },
+  "db.session.mysql.drop_db": { code: "TMY09I", payload: DbMysqlStatement },
+  "db.session.mysql.shut_down": { code: "TMY10I", payload: DbMysqlStatement },
+  "db.session.mysql.process_kill": { code: "TMY11I", payload: DbMysqlStatement },
+  "db.session.mysql.debug": { code: "TMY12I", payload: DbMysqlStatement },
+  "db.session.mysql.refresh": { code: "TMY13I", payload: DbMysqlStatement }
 } as const satisfies Record<string, { readonly code: string; readonly payload: Schema.Schema.AnyNoContext }>
 
 export type EventType = keyof typeof EventTypes
@@ -229,12 +338,31 @@ export const DomainEvent = Schema.Union(
   variant("join_token.create"),
   variant("join_token.delete"),
   variant("instance.join"),
+  variant("instance.renew"),
   variant("resource.appeared"),
   variant("resource.expired"),
+  variant("session.start"),
+  variant("session.end"),
+  variant("exec"),
+  variant("port"),
+  variant("scp"),
+  variant("client.disconnect"),
   variant("db.session.start"),
   variant("db.session.query"),
   variant("db.session.end"),
-  variant("db.session.redis.command")
+  variant("db.session.redis.command"),
+  variant("db.session.mysql.statements.prepare"),
+  variant("db.session.mysql.statements.send_long_data"),
+  variant("db.session.mysql.statements.close"),
+  variant("db.session.mysql.statements.reset"),
+  variant("db.session.mysql.statements.fetch"),
+  variant("db.session.mysql.init_db"),
+  variant("db.session.mysql.create_db"),
+  variant("db.session.mysql.drop_db"),
+  variant("db.session.mysql.shut_down"),
+  variant("db.session.mysql.process_kill"),
+  variant("db.session.mysql.debug"),
+  variant("db.session.mysql.refresh")
 )
 export type DomainEvent = typeof DomainEvent.Type
 

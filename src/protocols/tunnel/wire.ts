@@ -87,7 +87,9 @@ export class DatabaseResource extends Schema.Class<DatabaseResource>("DatabaseRe
 /** The SSH node an agent is. */
 export class NodeResource extends Schema.Class<NodeResource>("NodeResource")({
   name: Schema.String,
-  labels: Labels
+  labels: Labels,
+  /** The node's SSH host public key as one OpenSSH line; clients pin it in known_hosts. */
+  host_key: Schema.optional(Schema.String)
 }) {}
 
 /** Everything an agent advertises through its tunnel. */

@@ -1,0 +1,250 @@
+/**
+ * The SSH node agent end to end with the real OpenSSH client: `remoteler start` (auth + proxy), a
+ * node agent joined with a token as its own process and listening on a free port, user
+ * certificates from `tctl auth sign --format=openssh`, and `ssh`, `scp`, `sftp` driven directly at
+ * the node with a known_hosts file that pins its host key. Sessions run as real local accounts
+ * (a throwaway one created here, and root).
+ */
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import type { Cluster } from "./fixtures/cluster.ts"
+import { startCluster, stopCluster } from "./fixtures/cluster.ts"
+import type { NodeAgentProcess } from "./fixtures/node.ts"
+import { createLocalUser, signUser, ssh, sshArgs, startNodeAgent } from "./fixtures/node.ts"
+import { run } from "./fixtures/processes.ts"
+
+type Creds = { readonly key: string; readonly cert: string }
+
+describe("SSH node agent with OpenSSH", () => {
+  let c: Cluster
+  let n: NodeAgentProcess
+  let dir: string
+  let local: ReturnType<typeof createLocalUser>
+  let alice: Creds
+  const audit = async (type: string) => {
+    const r = await c.tctl("audit", "search", `--type=${type}`, "--format=json")
+    return r.stdout.trim() === "" ? [] : r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>)
+  }
+  /** Waits until an audit event of `type` matching `pred` has reached auth (agents upload in the background). */
+  const awaitEvent = async (type: string, pred: (e: Record<string, unknown>) => boolean, ms = 15_000) => {
+    const deadline = Date.now() + ms
+    for (;;) {
+      const found = (await audit(type)).find(pred)
+      if (found !== undefined) return found
+      if (Date.now() > deadline) throw new Error(`no ${type} event matching ${pred.toString()}; node output:\n${n.service.output().slice(-3000)}`)
+      await new Promise((r) => setTimeout(r, 300))
+    }
+  }
+  const nodeStillServes = async () => {
+    const r = await ssh(n, alice, local.name, "echo still-serving")
+    expect(r.stdout.trim()).toBe("still-serving")
+  }
+
+  beforeAll(async () => {
+    c = await startCluster("off")
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "node-e2e-"))
+    fs.chmodSync(dir, 0o755)
+    local = createLocalUser(dir)
+    const roles = path.join(dir, "roles.yaml")
+    fs.writeFileSync(
+      roles,
+      [
+        "kind: role",
+        "version: v7",
+        "metadata: { name: node-dev }",
+        "spec:",
+        "  allow:",
+        "    logins: ['{{internal.logins}}']",
+        "    node_labels: { env: dev }",
+        "  deny:",
+        "    logins: [nobody]",
+        "    node_labels: { '*': '*' }",
+        "---",
+        "kind: role",
+        "version: v7",
+        "metadata: { name: node-prod }",
+        "spec:",
+        "  allow:",
+        "    logins: [root]",
+        "    node_labels: { env: prod }",
+        ""
+      ].join("\n")
+    )
+    const created = await c.tctl("create", roles)
+    expect(created.stderr).toBe("")
+    // alice: a throwaway account, root, nobody (denied by a deny rule) and one that no host has.
+    const add = await c.tctl("users", "add", "alice", "--roles=node-dev", `--logins=${local.name},root,nobody,ghost-login`)
+    expect(add.stderr).toBe("")
+    expect((await c.tctl("users", "add", "bob", "--roles=node-prod", "--logins=root")).code).toBe(0)
+    n = await startNodeAgent(c, { name: "node-a", labels: "env=dev,team=a", dir })
+    alice = await signUser(c, "alice", path.join(dir, "alice"))
+  }, 120_000)
+
+  afterAll(async () => {
+    await n?.stop()
+    await stopCluster(c)
+    local?.remove()
+    if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("pins a host key that stays the same across restarts, and runs commands as the login with their exit codes", async () => {
+    expect(n.hostKey).toMatch(/^ssh-ed25519 AAAA/)
+    const id = await ssh(n, alice, local.name, "id -un; echo $HOME; pwd")
+    expect(id.stderr).toBe("")
+    expect(id.stdout.trim().split("\n")).toEqual([local.name, local.home, local.home])
+    expect((await ssh(n, alice, local.name, "exit 3")).code).toBe(3)
+    expect((await ssh(n, alice, "root", "id -u")).stdout.trim()).toBe("0")
+    // stdin reaches the command, stdout and stderr stay apart.
+    const cat = await ssh(n, alice, local.name, "tr a-z A-Z; echo err >&2", [], { input: "hello\n" })
+    expect(cat.stdout).toBe("HELLO\n")
+    expect(cat.stderr).toBe("err\n")
+    const exec = await awaitEvent("exec", (e) => e["command"] === "exit 3")
+    expect(exec["code"]).toBe("T3002E")
+    expect(exec["exitCode"]).toBe("3")
+    expect(exec["user"]).toBe("alice")
+    expect(exec["login"]).toBe(local.name)
+    const ok = await awaitEvent("exec", (e) => e["command"] === "id -u")
+    expect(ok["code"]).toBe("T3002I")
+    const start = await awaitEvent("session.start", (e) => e["sid"] === exec["sid"])
+    expect(start["code"]).toBe("T2000I")
+    expect(start["server_labels"]).toEqual({ env: "dev", team: "a" })
+    expect((await awaitEvent("session.end", (e) => e["sid"] === exec["sid"]))["code"]).toBe("T2004I")
+  })
+
+  it("passes the client's environment", async () => {
+    const r = await ssh(n, alice, local.name, "echo $GREETING-$LC_TEST", ["-o", "SetEnv=GREETING=hello LC_TEST=x"])
+    expect(r.stdout.trim()).toBe("hello-x")
+    // A client cannot override who the session runs as.
+    const home = await ssh(n, alice, local.name, "echo $HOME", ["-o", "SetEnv=HOME=/tmp"])
+    expect(home.stdout.trim()).toBe(local.home)
+  })
+
+  it("runs a shell in a PTY, driven through ssh -tt, and records it", async () => {
+    const r = await ssh(n, alice, local.name, undefined, ["-tt"], { input: "tty; echo pty-$((6*7)); exit 5\n" })
+    expect(r.stdout).toMatch(/\/dev\/pts\/\d+/)
+    expect(r.stdout).toMatch(/pty-42/)
+    expect(r.code).toBe(5)
+    const start = await awaitEvent("session.start", (e) => e["interactive"] === true)
+    const end = await awaitEvent("session.end", (e) => e["sid"] === start["sid"])
+    expect(end["session_recording_sha256"]).toMatch(/^[0-9a-f]{64}$/)
+  })
+
+  it("forwards a local port (-L) to a TCP echo server", async () => {
+    const echo = net.createServer((s) => s.pipe(s))
+    await new Promise<void>((r) => echo.listen(0, "127.0.0.1", r))
+    const echoPort = (echo.address() as net.AddressInfo).port
+    const localPort = await new Promise<number>((r) => {
+      const s = net.createServer().listen(0, "127.0.0.1", () => {
+        const p = (s.address() as net.AddressInfo).port
+        s.close(() => r(p))
+      })
+    })
+    const fwd = ssh(n, alice, local.name, "sleep 8", ["-L", `${localPort}:127.0.0.1:${echoPort}`, "-o", "ExitOnForwardFailure=yes"])
+    try {
+      let reply = ""
+      const deadline = Date.now() + 10_000
+      while (reply === "" && Date.now() < deadline) {
+        reply = await new Promise<string>((resolve) => {
+          const s = net.connect(localPort, "127.0.0.1")
+          let got = ""
+          s.on("error", () => resolve(""))
+          s.on("connect", () => s.write("ping through the tunnel"))
+          s.on("data", (d) => {
+            got += d.toString()
+            if (got.length >= "ping through the tunnel".length) {
+              s.end()
+              resolve(got)
+            }
+          })
+        })
+        if (reply === "") await new Promise((r) => setTimeout(r, 200))
+      }
+      expect(reply).toBe("ping through the tunnel")
+      const port = await awaitEvent("port", (e) => e["addr"] === `127.0.0.1:${echoPort}`)
+      expect(port["code"]).toBe("T3003I")
+    } finally {
+      echo.close()
+      await fwd
+    }
+  })
+
+  it("copies files both ways with scp (SFTP) and lists them with sftp, as the login, and audits each file", async () => {
+    const src = path.join(dir, "upload.bin")
+    const data = Buffer.alloc(300_000)
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff
+    fs.writeFileSync(src, data)
+    fs.chmodSync(src, 0o644)
+    const base = [...sshArgs(n, alice), "-P", String(n.port)]
+    const up = await run("scp", [...base, src, `${local.name}@127.0.0.1:uploaded.bin`])
+    expect(up.stderr).toBe("")
+    expect(up.code).toBe(0)
+    const remote = path.join(local.home, "uploaded.bin")
+    expect(fs.readFileSync(remote).equals(data)).toBe(true)
+    expect(fs.statSync(remote).uid).toBe(Number(execFileSync("id", ["-u", local.name], { encoding: "utf8" }).trim()))
+    const back = path.join(dir, "downloaded.bin")
+    const down = await run("scp", [...base, `${local.name}@127.0.0.1:uploaded.bin`, back])
+    expect(down.code).toBe(0)
+    expect(fs.readFileSync(back).equals(data)).toBe(true)
+    const ls = await run("sftp", [...sshArgs(n, alice), "-P", String(n.port), "-b", "-", `${local.name}@127.0.0.1`], { input: "ls -1\n" })
+    expect(ls.code).toBe(0)
+    expect(ls.stdout).toMatch(/uploaded\.bin/)
+    const upload = await awaitEvent("scp", (e) => e["action"] === "upload" && String(e["path"]).endsWith("uploaded.bin"))
+    expect(upload["code"]).toBe("T3005I")
+    const download = await awaitEvent("scp", (e) => e["action"] === "download" && String(e["path"]).endsWith("uploaded.bin"))
+    expect(download["code"]).toBe("T3004I")
+  })
+
+  const refused = async (r: { code: number | null; stderr: string }, reason: RegExp) => {
+    expect(r.code).toBe(255)
+    expect(r.stderr).toMatch(/Permission denied/)
+    await awaitEvent("auth", (e) => reason.test(String(e["error"])))
+  }
+
+  it("refuses a login the certificate does not carry, one a deny rule names, one the host lacks, and a node outside the role's labels", async () => {
+    await refused(await ssh(n, alice, "daemon", "true"), /principal "daemon" is not in the certificate/)
+    await refused(await ssh(n, alice, "nobody", "true"), /denied by role node-dev \(deny\.logins\)/)
+    await refused(await ssh(n, alice, "ghost-login", "true"), /login "ghost-login" does not exist on node node-a/)
+    const bob = await signUser(c, "bob", path.join(dir, "bob"))
+    await refused(await ssh(n, bob, "root", "true"), /access to node node-a as login root/)
+    const e = await awaitEvent("auth", (x) => /ghost-login/.test(String(x["error"])))
+    expect(e["code"]).toBe("T3007W")
+    expect(e["user"]).toBe("alice")
+    await nodeStillServes()
+  })
+
+  it("refuses an expired certificate and one from another CA", async () => {
+    const expired = await signUser(c, "alice", path.join(dir, "alice-short"), "1s")
+    await new Promise((r) => setTimeout(r, 2_000))
+    await refused(await ssh(n, expired, local.name, "true"), /certificate has expired/)
+
+    const ca = path.join(dir, "other-ca")
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", ca])
+    const key = path.join(dir, "mallory")
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key])
+    execFileSync("ssh-keygen", ["-q", "-s", ca, "-I", "alice", "-n", `${local.name},root`, "-V", "+1h", `${key}.pub`])
+    await refused(await ssh(n, { key, cert: `${key}-cert.pub` }, local.name, "true"), /untrusted CA/)
+
+    // A plain key, with no certificate at all.
+    const plain = await run("ssh", [...sshArgs(n, { key, cert: "/dev/null" }), "-p", String(n.port), `${local.name}@127.0.0.1`, "true"])
+    expect(plain.code).toBe(255)
+    await nodeStillServes()
+  })
+
+  it("closes a connection that sends garbage instead of an SSH banner, audits it, and keeps serving", async () => {
+    const answer = await new Promise<string>((resolve) => {
+      const s = net.connect(n.port, "127.0.0.1")
+      let got = ""
+      s.on("data", (d) => (got += d.toString("latin1")))
+      s.on("connect", () => s.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+      s.on("close", () => resolve(got))
+      s.on("error", () => resolve(got))
+    })
+    expect(answer).toMatch(/^SSH-2\.0-Remoteler/)
+    await awaitEvent("auth", (e) => /not an SSH client/.test(String(e["error"])))
+    await nodeStillServes()
+  })
+})
