@@ -3,11 +3,14 @@
  * (overlapping bytes skipped), gap refusal (nothing stored, the stored length answered),
  * completion with the file's SHA-256, refusals (another host, bytes after done), and reads that
  * cross upload boundaries. On PostgreSQL two stores on one database stand for two auth instances.
+ * Then through a real cluster: a node's host certificate uploads through the proxy, users read
+ * with `tsh recordings ls` and `tsh play` as their roles allow.
  */
 import { createHash, randomBytes, randomUUID } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import * as fs from "node:fs"
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import type { Layer, Scope } from "effect"
 import { Context, Effect, Layer as L } from "effect"
@@ -18,6 +21,12 @@ import * as RecordingStorePg from "../src/adapters/RecordingStorePg.ts"
 import * as RecordingStoreSqlite from "../src/adapters/RecordingStoreSqlite.ts"
 import type { PostgresServer } from "./fixtures/postgres.ts"
 import { startPostgresAsync } from "./fixtures/postgres.ts"
+import * as X509 from "../src/adapters/x509.ts"
+import { playbackDelays } from "../src/cli/tshPlay.ts"
+import type { Cluster } from "./fixtures/cluster.ts"
+import { request, startCluster, stopCluster } from "./fixtures/cluster.ts"
+import type { UserCerts } from "./fixtures/users.ts"
+import { addUser, certLogin, tshLogin } from "./fixtures/users.ts"
 
 const open = (layer: Layer.Layer<RecordingStore, StoreError>): Effect.Effect<RecordingStoreShape, StoreError, Scope.Scope> =>
   Effect.map(L.build(layer), Context.get(RecordingStore))
@@ -203,5 +212,92 @@ describe("planUpload", () => {
     expect(planUpload(held, { hostId: "x", offset: 10, length: 4, done: false })._tag).toBe("Refuse")
     expect(planUpload({ ...held, done: true }, { hostId: "n", offset: 8, length: 2, done: true })).toMatchObject({ _tag: "Store", skip: 2 })
     expect(planUpload({ ...held, done: true }, { hostId: "n", offset: 8, length: 3, done: false })._tag).toBe("Refuse")
+  })
+})
+
+describe("playbackDelays", () => {
+  it("keeps the recorded gaps at the given speed and cuts idle time to one second", () => {
+    const events = [[0.5, "o", "a"], [0.75, "o", "b"], [30, "o", "c"], [30.5, "o", "d"]] as const
+    expect(playbackDelays(events, 1)).toEqual([0.5, 0.25, 1, 0.5])
+    expect(playbackDelays(events, 2)).toEqual([0.25, 0.125, 1, 0.25])
+    expect(playbackDelays(events, 0.25)).toEqual([1, 1, 1, 1])
+  })
+})
+
+describe("recordings through the proxy", () => {
+  let c: Cluster
+  let carol: Awaited<ReturnType<typeof tshLogin>>
+  const certs: Record<string, UserCerts> = {}
+  const get = (user: string, urlPath: string) => request(c.port, "GET", urlPath, { cert: certs[user]!.tlsCert, key: certs[user]!.tlsKey })
+
+  beforeAll(async () => {
+    c = await startCluster("off")
+    fs.writeFileSync(
+      join(c.dir, "no-sessions.yaml"),
+      ["kind: role", "version: v7", "metadata: { name: no-sessions }", "spec:", "  deny:", "    rules: [{ resources: [session], verbs: ['*'] }]", ""].join("\n")
+    )
+    expect((await c.tctl("create", join(c.dir, "no-sessions.yaml"))).code).toBe(0)
+    for (const [user, roles] of [["alice", "access"], ["carol", "auditor"], ["dave", "auditor,no-sessions"]] as const) {
+      await addUser(c, user, roles)
+      certs[user] = await certLogin(c, user)
+    }
+    carol = await tshLogin(c, "carol")
+  })
+  afterAll(() => stopCluster(c))
+
+  it("takes a node's upload in parts (a gap is answered with the stored length), and plays it to those who may read it", async () => {
+    // A host certificate for a node, as `remoteler start --roles=node` gets one.
+    const token = /The invite token: ([0-9a-f]{32})/.exec((await c.tctl("tokens", "add", "--type=node")).stdout)![1]!
+    const keys = await Effect.runPromise(X509.generateEcdsaKeyPair())
+    const joined = await request(c.port, "POST", "/v1/webapi/host/join", { body: { token, role: "node", node_name: "node-1", tls_pub_key: keys.publicKeyPem } })
+    expect(joined.status).toBe(200)
+    const nodeCert = { cert: (JSON.parse(joined.body) as { tls_cert: string }).tls_cert, key: keys.privateKeyPem }
+    const upload = (body: unknown, who: { cert?: string; key?: string } = nodeCert) => request(c.port, "POST", "/v1/webapi/agent/recording", { body, ...who })
+
+    const sid = randomUUID()
+    const file = Buffer.concat([
+      Buffer.from(JSON.stringify({ version: 2, width: 80, height: 24, timestamp: 1_700_000_000 }) + "\n"),
+      Buffer.from([[0.1, "o", "$ "], [0.5, "i", "echo hi\r"], [0.6, "o", "echo hi\r\n"], [0.7, "o", "hi\r\n"], [9.2, "r", "100x30"], [9.3, "o", "$ exit\r\n"]].map((e) => JSON.stringify(e)).join("\n") + "\n")
+    ])
+    const part = (from: number, to: number, done = false) => ({ session_id: sid, offset: from, data: file.subarray(from, to).toString("base64"), done })
+
+    expect(await upload(part(0, 60))).toMatchObject({ status: 200, body: JSON.stringify({ stored: 60 }) })
+    // A gap: nothing is taken, the answer says where to resume.
+    const gap = await upload(part(100, file.length, true))
+    expect(gap.status).toBe(200)
+    expect(JSON.parse(gap.body)).toEqual({ stored: 60 })
+    // Resume from 40 (overlapping what auth holds), to the end.
+    const last = await upload(part(40, file.length, true))
+    expect(JSON.parse(last.body)).toEqual({ stored: file.length, sha256: sha(file) })
+
+    // Only nodes upload: not without a certificate, not with a user's.
+    expect((await upload(part(0, 10), {})).status).toBe(401)
+    expect((await upload(part(0, 10), { cert: certs["alice"]!.tlsCert, key: certs["alice"]!.tlsKey })).status).toBe(401)
+
+    // carol audits: she lists it and plays it back in every format.
+    const ls = await carol.tsh(["recordings", "ls", "--format=json"])
+    expect(ls.stderr).toBe("")
+    expect(JSON.parse(ls.stdout)).toEqual([expect.objectContaining({ session_id: sid, size: file.length, done: true, sha256: sha(file) })])
+    const json = await carol.tsh(["play", sid, "--format=json"])
+    expect(json.code).toBe(0)
+    expect(json.stdout.trim().split("\n").map((l: string) => JSON.parse(l))).toEqual(file.toString().trim().split("\n").slice(1).map((l) => JSON.parse(l)))
+    const pty = await carol.tsh(["play", sid, "--format=pty", "--speed=4"])
+    expect(pty.code).toBe(0)
+    expect(pty.stdout).toBe("$ echo hi\r\nhi\r\n$ exit\r\n")
+    const raw = await get("carol", `/v1/webapi/recordings/${sid}?offset=40&limit=20`)
+    expect(Buffer.from((JSON.parse(raw.body) as { data: string }).data, "base64").equals(file.subarray(40, 60))).toBe(true)
+
+    // alice (access) may read only her own sessions: this one is not hers, so it is not there.
+    expect(JSON.parse((await get("alice", "/v1/webapi/recordings")).body)).toEqual({ recordings: [] })
+    const notHers = await get("alice", `/v1/webapi/recordings/${sid}`)
+    expect(notHers.status).toBe(404)
+    expect(notHers.body).toMatch(/no recording of session/)
+    // dave's auditor role allows, his no-sessions role denies: deny wins.
+    for (const urlPath of ["/v1/webapi/recordings", `/v1/webapi/recordings/${sid}`]) {
+      const dave = await get("dave", urlPath)
+      expect(dave.status).toBe(403)
+      expect(dave.body).toMatch(/denied by role no-sessions/)
+    }
+    expect((await request(c.port, "GET", "/v1/webapi/recordings")).status).toBe(401)
   })
 })
