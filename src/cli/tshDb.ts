@@ -14,6 +14,7 @@ import { constants } from "node:os"
 import * as tls from "node:tls"
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Data, Effect, Option } from "effect"
+import * as MyCnf from "../adapters/MyCnf.ts"
 import * as PgService from "../adapters/PgServiceFile.ts"
 import * as Profiles from "../adapters/TshProfile.ts"
 import * as WebApi from "../adapters/WebApiClient.ts"
@@ -40,6 +41,15 @@ const clientCert = (p: Profiles.LoadedProfile): WebApi.ClientCertOptions => ({
   key: p.tlsPrivateKeyPem,
   ...(p.caCerts.includes("-----BEGIN CERTIFICATE-----") ? { caCerts: p.caCerts } : {})
 })
+
+/** MySQL clients reach the proxy's MySQL listener (`mysql_proxy_addr`), not the web port. */
+const mysqlProxyOf = (p: Profiles.LoadedProfile) => {
+  const a = p.file.mysql_proxy_addr === undefined ? undefined : Profiles.parseProxyAddr(p.file.mysql_proxy_addr)
+  return a === undefined ? Effect.fail(fail(`the proxy announced no MySQL listener (mysql_public_addr); log in again with tsh login, or ask an admin to set proxy_service.mysql_listen_addr`)) : Effect.succeed(a)
+}
+
+/** Where a login's client connects: the MySQL listener for MySQL, the web port otherwise. */
+const addrOf = (p: Profiles.LoadedProfile, l: { readonly info: { readonly protocol: string } }) => (l.info.protocol === "mysql" ? mysqlProxyOf(p) : proxyOf(p))
 
 const proxyOf = (p: Profiles.LoadedProfile) => {
   const a = Profiles.parseProxyAddr(p.file.web_proxy_addr)
@@ -108,8 +118,8 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     const listed = yield* Effect.mapError(WebApi.databases(p.file.web_proxy_addr, clientCert(p)), withMessage)
     const db = listed.databases.find((d) => d.name === name)
     if (db === undefined) return yield* fail(`database "${name}" not found, use "tsh db ls" to see the databases you can reach`)
-    if (db.protocol !== "postgres" && db.protocol !== "redis") {
-      return yield* fail(`database "${name}" speaks ${PROTOCOL_NAMES[db.protocol] ?? db.protocol}; tsh db supports PostgreSQL and Redis for now`)
+    if (db.protocol !== "postgres" && db.protocol !== "redis" && db.protocol !== "mysql") {
+      return yield* fail(`database "${name}" speaks ${PROTOCOL_NAMES[db.protocol] ?? db.protocol}; tsh db supports PostgreSQL, MySQL and Redis for now`)
     }
     const named = db.allowed_users.filter((u) => u !== "*")
     const user = Option.isSome(dbUser)
@@ -142,6 +152,12 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     const login: Profiles.DbLogin = { cluster: p.file.cluster, info, paths }
     const addr = yield* proxyOf(p)
     if (db.protocol === "redis") return login
+    if (db.protocol === "mysql") {
+      const file = MyCnf.defaultPath()
+      const c = connectionOf(yield* mysqlProxyOf(p), login)
+      yield* Effect.try({ try: () => MyCnf.writeGroup(file, p.file.cluster, name, c), catch: (e) => fail(`cannot write ${file}: ${(e as Error).message}`) })
+      return login
+    }
     yield* Effect.try({
       try: () => PgService.writeSection(pgServiceFile, serviceName(p.file.cluster, name), serviceEntries(connectionOf(addr, login))),
       catch: (e) => fail(`cannot write ${pgServiceFile}: ${(e as Error).message}`)
@@ -293,6 +309,10 @@ const logout = Command.make("logout", { db: optionalDbArg }, (o) =>
         try: () => PgService.removeSections(pgServiceFile, (s) => s.name === section),
         catch: (e) => fail(`cannot update ${pgServiceFile}: ${(e as Error).message}`)
       })
+      yield* Effect.try({
+        try: () => MyCnf.removeGroup(MyCnf.defaultPath(), l.cluster, l.info.service_name),
+        catch: (e) => fail(`cannot update ${MyCnf.defaultPath()}: ${(e as Error).message}`)
+      })
       yield* Console.log(`Logged out of database ${l.info.service_name}`)
     }
     if (gone.length === 0) yield* Console.log("Not logged in to any database.")
@@ -303,6 +323,7 @@ const env = Command.make("env", { db: optionalDbArg }, (o) =>
   Effect.gen(function* () {
     const p = yield* currentProfile
     const l = yield* activeLogin(p, o.db)
+    if (l.info.protocol === "mysql") return yield* Console.log(MyCnf.envLines(connectionOf(yield* mysqlProxyOf(p), l), l.cluster, l.info.service_name))
     yield* Console.log(envLines(connectionOf(yield* proxyOf(p), l)))
   })
 ).pipe(Command.withDescription("Print the PG* environment variables of a database login (eval $(tsh db env))."))
@@ -317,9 +338,10 @@ const config = Command.make(
     Effect.gen(function* () {
       const p = yield* currentProfile
       const l = yield* activeLogin(p, o.db)
-      const c = connectionOf(yield* proxyOf(p), l)
+      const c = connectionOf(yield* addrOf(p, l), l)
       const redis = l.info.protocol === "redis"
-      if (o.format === "cmd") return yield* Console.log(redis ? redisCliCommand(c) : psqlCommand(c))
+      const mysql = l.info.protocol === "mysql"
+      if (o.format === "cmd") return yield* Console.log(redis ? redisCliCommand(c) : mysql ? MyCnf.commandLine(c) : psqlCommand(c))
       if (o.format === "json") {
         return yield* Console.log(
           JSON.stringify(
@@ -343,7 +365,9 @@ const config = Command.make(
           "",
           ...(redis
             ? ["Connect with redis-cli:", `  $ ${redisCliCommand(c)}`]
-            : ["Connect with psql:", `  $ ${psqlCommand(c)}`, `  $ psql "service=${serviceName(l.cluster, l.info.service_name)}"`])
+            : mysql
+              ? ["Connect with mysql:", `  $ ${MyCnf.commandLine(c)}`, `  $ mysql --defaults-group-suffix=${MyCnf.groupSuffix(l.cluster, l.info.service_name)}`]
+              : ["Connect with psql:", `  $ ${psqlCommand(c)}`, `  $ psql "service=${serviceName(l.cluster, l.info.service_name)}"`])
         ].join("\n")
       )
     })
@@ -384,6 +408,12 @@ const connect = Command.make("connect", { dbUser: dbUserOpt, dbName: dbNameOpt, 
     const { pgServiceFile } = yield* places
     const p = yield* currentProfile
     const l = yield* ensureLogin(p, o.db, o.dbUser, o.dbName)
+    if (l.info.protocol === "mysql") {
+      const code = yield* Effect.tryPromise({ try: () => MyCnf.runClient(l.cluster, l.info.service_name), catch: (e) => fail((e as Error).message) })
+      return yield* Effect.sync(() => {
+        process.exitCode = code
+      })
+    }
     if (l.info.protocol === "redis") {
       const code = yield* Effect.mapError(runRedisCli(connectionOf(yield* proxyOf(p), l)), withMessage)
       return yield* Effect.sync(() => {

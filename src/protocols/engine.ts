@@ -12,6 +12,7 @@ import { Data } from "effect"
 import type { Effect, Scope } from "effect"
 import type { ResourceLabels } from "../domain/Labels.ts"
 import type { Role, Traits } from "../domain/Role.ts"
+import { MysqlEngine } from "./mysql/engine.ts"
 import { PostgresEngine } from "./postgres/engine.ts"
 import { RedisEngine } from "./redis/engine.ts"
 
@@ -105,6 +106,13 @@ export interface SessionContext {
   readonly issueClientCert: (dbUser: string) => Effect.Effect<DatabaseClientCredentials, EngineError>
   /** Records an audit event (into a durable buffer); awaited in order by the engine. */
   readonly audit: (event: AuditRecord) => Effect.Effect<void>
+  /**
+   * When the sink can write synchronously (the agent's buffer: a `write(2)` that survives the
+   * agent's death, fsynced in groups off the event loop): records `event` before returning, so an
+   * engine can audit a query before forwarding it without a queue or an await per query. Throws
+   * when the record cannot be written. Engines that do not use it call `audit`.
+   */
+  readonly appendAudit?: ((event: AuditRecord) => void) | undefined
   readonly sessionId: string
   readonly clusterName: string
   /** The agent's host id (`server_id` in audit events). */
@@ -139,5 +147,8 @@ export const engines: EngineRegistry = {
   },
   get redis(): Engine {
     return RedisEngine
+  },
+  get mysql(): Engine {
+    return MysqlEngine
   }
 }

@@ -718,14 +718,27 @@ export class ServerPacketParser extends PacketFramer<Parsed<ServerMessage>> {
   /** Steps owed per command sent, oldest first; each inner array is consumed from the front. */
   private readonly pending: Array<Array<Step>> = []
 
-  /** `capabilities`: the client's flags, when the parser will not see the handshake response through `expect`. */
-  constructor(options?: FramingOptions & { readonly capabilities?: number }) {
+  /**
+   * `capabilities`: the client's flags, when the parser will not see the handshake response through `expect`.
+   * `established`: the server's capabilities, for a parser that joins a connection already past
+   * authentication (a relay that did the handshake itself): it starts in the command phase.
+   */
+  constructor(options?: FramingOptions & { readonly capabilities?: number; readonly established?: { readonly serverCapabilities: number } }) {
     super(options)
     this.clientCaps = options?.capabilities ?? 0
+    if (options?.established !== undefined) {
+      this.serverCaps = options.established.serverCapabilities
+      this.mode = "command"
+    }
   }
 
   get phase(): ServerPhase {
     return this.mode
+  }
+
+  /** Commands whose responses have not been read in full yet. */
+  get outstanding(): number {
+    return this.pending.length
   }
 
   /** Negotiated capabilities: the client's flags AND the greeting's. */

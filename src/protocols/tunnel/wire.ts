@@ -81,7 +81,13 @@ export const Labels = Schema.Record({ key: Schema.String, value: Schema.String }
 export class DatabaseResource extends Schema.Class<DatabaseResource>("DatabaseResource")({
   name: Schema.String,
   protocol: Schema.String,
-  labels: Labels
+  labels: Labels,
+  /**
+   * MySQL only: what the server said in its greeting, learned by the agent. The proxy greets
+   * clients first (MySQL servers speak first) with this version, since tools such as DBeaver
+   * pick features by it, and with these capabilities, which the relay must share with the server.
+   */
+  mysql: Schema.optional(Schema.Struct({ server_version: Schema.String, capabilities: Schema.Number, charset: Schema.Number }))
 }) {}
 
 /** The SSH node an agent is. */
