@@ -26,6 +26,7 @@ import type { LocalAuthSettings } from "./LocalAuth.ts"
 import { Outbox } from "./Outbox.ts"
 import { RecordingStore } from "../adapters/RecordingStore.ts"
 import * as SessionRecordings from "./SessionRecordings.ts"
+import * as AgentlessNodes from "./AgentlessNodes.ts"
 
 export const VERSION = "0.1.0"
 
@@ -113,6 +114,7 @@ export const make = (settings: AuthSettings) =>
     const local = LocalAuth.make({ store, projector, ca, settings, write: appendRecord })
     const db = yield* DbAccess.make({ store, projector, ca, clusterName: settings.clusterName, write: appendRecord })
     const recordings = SessionRecordings.make({ store, recordings: yield* RecordingStore, projector })
+    const agentless = AgentlessNodes.make({ projector, ca, clusterName: settings.clusterName, write })
 
     const handlers: Handlers = {
       status: () =>
@@ -246,7 +248,8 @@ export const make = (settings: AuthSettings) =>
 
       ...local.handlers,
       ...db,
-      ...recordings
+      ...recordings,
+      ...agentless
     }
     return handlers
   })

@@ -4,13 +4,14 @@
  * roles an agent needs to decide a session, short-lived upstream client certificates from the db
  * CA, and the audit events agents upload.
  */
-import { Effect, Either, Option, Schema } from "effect"
+import { Effect, Either, HashMap, Option, Schema } from "effect"
 import type { EventStoreShape } from "../adapters/EventStore.ts"
 import type { Handlers } from "../adapters/AuthApiHttp.ts"
 import * as X509 from "../adapters/x509.ts"
 import type { ApiError } from "../domain/Errors.ts"
 import { BadParameter, Forbidden, NotFound, Unavailable } from "../domain/Errors.ts"
 import * as Event from "../domain/Event.ts"
+import { agentlessHostId } from "../domain/AgentlessNode.ts"
 import { EventTypes } from "../domain/Event.ts"
 import type { EventDraft } from "../adapters/EventStore.ts"
 import { expandSelector, matchLabels } from "../domain/Labels.ts"
@@ -219,7 +220,17 @@ export const make = (deps: {
           const { user, roles } = yield* requireUser(req.user)
           const candidates = [...new Set(roles.flatMap((r) => expandValues(r.spec.allow?.logins, user.traits)))].filter((l) => l !== "*")
           const out: Array<NodeInfo> = []
-          for (const node of [...nodes.values()].sort((a, b) => a.name.localeCompare(b.name) || a.hostId.localeCompare(b.hostId))) {
+          // Agentless OpenSSH nodes (tctl create node.yaml) show beside the agents' nodes.
+          const agentless = [...HashMap.values((yield* projector.state).agentlessNodes)].map((n) => ({
+            name: n.name,
+            hostname: n.hostname,
+            labels: n.labels,
+            hostKey: n.host_key,
+            hostId: agentlessHostId(n.name),
+            addr: n.addr
+          }))
+          const all: ReadonlyArray<Omit<PresentNode, "lastSeen"> & { readonly addr?: string }> = [...nodes.values(), ...agentless]
+          for (const node of [...all].sort((a, b) => a.name.localeCompare(b.name) || a.hostId.localeCompare(b.hostId))) {
             const target = { name: node.name, labels: node.labels }
             const logins = candidates.filter((l) => Either.isRight(checkNodeAccess(roles, user.traits, target, l))).sort()
             // A node shows when some role selects it by its labels and no deny rule takes every login away.
@@ -231,6 +242,7 @@ export const make = (deps: {
               hostname: node.hostname,
               labels: { ...node.labels },
               ...(node.hostKey === undefined ? {} : { host_key: node.hostKey }),
+              ...(node.addr === undefined ? {} : { addr: node.addr, agentless: true }),
               logins
             })
           }

@@ -17,6 +17,7 @@ import { BadParameter } from "../domain/Errors.ts"
 import { parseDurationOption } from "../domain/Rbac.ts"
 import { Role } from "../domain/Role.ts"
 import { parseRoles, renderRoles } from "../domain/RoleYaml.ts"
+import { documentKinds, parseNodes, toResource } from "../domain/AgentlessNode.ts"
 import { DEFAULT_DATA_DIR, readConfigFile } from "./config.ts"
 import { runCli } from "./run.ts"
 
@@ -225,7 +226,7 @@ const create = Command.make(
   "create",
   {
     force: Options.boolean("force").pipe(Options.withAlias("f"), Options.withDescription("overwrite an existing resource")),
-    file: Args.file({ name: "file", exists: "yes" }).pipe(Args.withDescription("YAML file with one or more roles"))
+    file: Args.file({ name: "file", exists: "yes" }).pipe(Args.withDescription("YAML file with one or more roles, or agentless nodes (kind: node)"))
   },
   (o) =>
     Effect.gen(function* () {
@@ -233,6 +234,18 @@ const create = Command.make(
         try: () => fs.readFileSync(o.file, "utf8"),
         catch: (e) => new BadParameter({ message: `cannot read ${o.file}: ${(e as Error).message}` })
       })
+      const kinds = yield* yamlKinds(text)
+      if (kinds.includes("node")) {
+        // Agentless OpenSSH nodes (docs/agentless-nodes.md); a file holds nodes or roles, not both.
+        if (kinds.some((k) => k !== "node")) return yield* new BadParameter({ message: `${o.file}: put nodes and roles in separate files` })
+        const nodes = parseNodes(text, o.file)
+        if (Either.isLeft(nodes)) return yield* new BadParameter({ message: nodes.left.message })
+        for (const node of nodes.right) {
+          const r = yield* auth("nodes.upsert", { node, force: o.force })
+          yield* Console.log(`node "${r.name}" has been ${r.created ? "created" : "updated"}`)
+        }
+        return
+      }
       const parsed = parseRoles(text)
       if (Either.isLeft(parsed)) return yield* new BadParameter({ message: `${o.file}: ${parsed.left.message}` })
       for (const role of parsed.right) {
@@ -241,6 +254,32 @@ const create = Command.make(
       }
     })
 ).pipe(Command.withDescription("Create resources (roles) from a YAML file."))
+
+/** The `kind` of each YAML document in a file. */
+const yamlKinds = (text: string) =>
+  Effect.map(
+    Effect.promise(() => import("yaml")),
+    ({ parseAllDocuments }) => documentKinds(parseAllDocuments(text).flatMap((d) => ("toJS" in d ? [d.toJS() as unknown] : [])))
+  )
+
+/** `tctl get nodes|node/NAME`: registered agentless nodes. */
+const getNodes = (name: string | undefined, format: string) =>
+  Effect.gen(function* () {
+    const all = yield* auth("nodes.list", {})
+    const nodes = name === undefined ? all : all.filter((n) => n.name === name)
+    if (name !== undefined && nodes.length === 0) return yield* new BadParameter({ message: `node ${JSON.stringify(name)} not found` })
+    const { stringify } = yield* Effect.promise(() => import("yaml"))
+    yield* Console.log(
+      format === "json"
+        ? JSON.stringify(nodes.map(toResource), null, 2)
+        : format === "text"
+          ? table(
+              ["Node", "Address", "Labels", "Host key"],
+              nodes.map((n) => [n.name, n.addr, Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(","), n.host_key.slice(0, 40) + "..."])
+            )
+          : nodes.map((n) => stringify(toResource(n))).join("---\n").trimEnd()
+    )
+  })
 
 /** `roles`, `users`, `role/NAME`, `user/NAME`. */
 const parseRef = (ref: string) => {
@@ -252,7 +291,7 @@ const parseRef = (ref: string) => {
 const get = Command.make(
   "get",
   {
-    ref: Args.text({ name: "resource" }).pipe(Args.withDescription("roles, users, role/NAME, user/NAME or cert_authorities")),
+    ref: Args.text({ name: "resource" }).pipe(Args.withDescription("roles, users, nodes, role/NAME, user/NAME, node/NAME or cert_authorities")),
     format: formatOpt(["yaml", "json", "text"], "yaml")
   },
   (o) =>
@@ -269,6 +308,8 @@ const get = Command.make(
               : docs.map((d) => stringify(d)).join("---\n").trimEnd()
         )
       }
+      const nodeRef = /^nodes?(?:\/(.+))?$/.exec(o.ref)
+      if (nodeRef !== null) return yield* getNodes(nodeRef[1], o.format)
       const ref = parseRef(o.ref)
       if (Either.isLeft(ref)) return yield* new BadParameter({ message: ref.left })
       const { kind, name } = ref.right
@@ -297,8 +338,13 @@ const get = Command.make(
     })
 ).pipe(Command.withDescription("Print resources: roles, users, role/NAME, user/NAME."))
 
-const rm = Command.make("rm", { ref: Args.text({ name: "resource" }).pipe(Args.withDescription("role/NAME or user/NAME")) }, (o) =>
+const rm = Command.make("rm", { ref: Args.text({ name: "resource" }).pipe(Args.withDescription("role/NAME, user/NAME or node/NAME")) }, (o) =>
   Effect.gen(function* () {
+    const nodeRef = /^node\/(.+)$/.exec(o.ref)
+    if (nodeRef !== null) {
+      yield* auth("nodes.delete", { name: nodeRef[1]! })
+      return yield* Console.log(`node "${nodeRef[1]}" has been deleted`)
+    }
     const ref = parseRef(o.ref)
     if (Either.isLeft(ref) || ref.right.name === undefined) {
       return yield* new BadParameter({ message: `expected role/NAME or user/NAME, got ${JSON.stringify(o.ref)}` })

@@ -4,6 +4,7 @@
  * declared once and its bytes are checked on both sides.
  */
 import { Schema } from "effect"
+import { AgentlessNodeFields, NodeResource } from "./AgentlessNode.ts"
 import { CaKeySet, CaType, JoinRole, RotationPhase } from "./Event.ts"
 import { Role, Traits } from "./Role.ts"
 import { DatabasesResponse, NodesResponse, DbCertRequest, DbCertResponse, FindResponse, InviteInfo, LoginRequest, LoginResponse } from "./WebApi.ts"
@@ -267,6 +268,27 @@ export const AuthMethods = {
     response: Schema.Struct({ stored: Schema.Number, sha256: Schema.optional(Schema.String) })
   },
   "web.recordings_list": { request: Schema.Struct({ user: Schema.String }), response: RecordingsResponse },
+  // Agentless OpenSSH nodes (src/actors/AgentlessNodes.ts):
+  "nodes.upsert": {
+    request: Schema.Struct({ node: NodeResource, force: Schema.Boolean }),
+    response: Schema.Struct({ name: Schema.String, created: Schema.Boolean })
+  },
+  "nodes.delete": { request: ByName, response: Empty },
+  "nodes.list": { request: Empty, response: Schema.Array(AgentlessNodeFields) },
+  /** The proxy opens a session on an agentless node: RBAC, then a short certificate for the login. */
+  "web.agentless_session": {
+    request: Schema.Struct({
+      user: Schema.String,
+      node: Schema.String,
+      login: Schema.String,
+      /** The role names the user's certificate carries. */
+      cert_roles: Schema.optional(Schema.Array(Schema.String)),
+      /** The proxy's own key for the upstream connection. */
+      ssh_pub_key: Schema.String,
+      remote_addr: Schema.optional(Schema.String)
+    }),
+    response: Schema.Struct({ node: AgentlessNodeFields, ssh_cert: Schema.String, expires: Schema.String })
+  },
   "web.recording_get": {
     request: Schema.Struct({
       user: Schema.String,
@@ -302,5 +324,6 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.agent_events",
   "web.recording_upload",
   "web.recordings_list",
-  "web.recording_get"
+  "web.recording_get",
+  "web.agentless_session"
 ]

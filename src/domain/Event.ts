@@ -7,6 +7,7 @@
  */
 import { Schema } from "effect"
 import { Role, Traits } from "./Role.ts"
+import { AgentlessNodeFields } from "./AgentlessNode.ts"
 
 /** RFC 3339 with milliseconds, always UTC: `2026-11-21T23:40:51.123Z`. */
 export const Rfc3339Millis = Schema.String.pipe(Schema.pattern(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/))
@@ -285,6 +286,9 @@ export const EventTypes = {
   "instance.renew": { code: "TJ002I", payload: InstanceJoin },
   "resource.appeared": { code: "TRS00I", payload: ResourcePresence },
   "resource.expired": { code: "TRS01I", payload: ResourcePresence },
+  /** An agentless OpenSSH node registered (or changed) with `tctl create`; TNA codes are ours. */
+  "node.created": { code: "TNA00I", payload: AgentlessNodeFields },
+  "node.deleted": { code: "TNA01I", payload: Schema.Struct({ name: Schema.String }) },
   "session.start": { code: "T2000I", payload: SshSessionStart },
   "session.end": { code: "T2004I", payload: SshSessionEnd },
   // T3002E when the command failed
@@ -341,6 +345,8 @@ export const DomainEvent = Schema.Union(
   variant("instance.renew"),
   variant("resource.appeared"),
   variant("resource.expired"),
+  variant("node.created"),
+  variant("node.deleted"),
   variant("session.start"),
   variant("session.end"),
   variant("exec"),

@@ -16,6 +16,7 @@
  * event registry grows.
  */
 import { HashMap, Option, Schema } from "effect"
+import type { AgentlessNodeFields } from "./AgentlessNode.ts"
 import type { CaKeySet, CaType, CommittedEvent, JoinRole, RotationPhase } from "./Event.ts"
 import { presets } from "./Presets.ts"
 import { Role } from "./Role.ts"
@@ -61,6 +62,8 @@ export interface RbacView {
   readonly logins: HashMap.HashMap<string, LoginState>
   /** Join tokens by name (not the secret), with what they allow and until when. */
   readonly tokens: HashMap.HashMap<string, JoinTokenState>
+  /** Agentless OpenSSH nodes registered with `tctl create`, by name (see AgentlessNode.ts). */
+  readonly agentlessNodes: HashMap.HashMap<string, AgentlessNodeFields>
 }
 
 export interface JoinTokenState {
@@ -75,7 +78,8 @@ export const empty: RbacView = Object.freeze({
   roles: HashMap.empty(),
   cas: HashMap.empty(),
   logins: HashMap.empty(),
-  tokens: HashMap.empty()
+  tokens: HashMap.empty(),
+  agentlessNodes: HashMap.empty()
 })
 
 /** The key set that signs now: the next one from update_clients on. */
@@ -160,6 +164,10 @@ export const apply = (view: RbacView, event: CommittedEvent): RbacView => {
       const { name, roles, expires } = event.payload
       return next({ tokens: HashMap.set(view.tokens, name, { name, roles, expires }) })
     }
+    case "node.created":
+      return next({ agentlessNodes: HashMap.set(view.agentlessNodes, event.payload.name, event.payload) })
+    case "node.deleted":
+      return next({ agentlessNodes: HashMap.remove(view.agentlessNodes, event.payload.name) })
     case "join_token.delete":
       return next({ tokens: HashMap.remove(view.tokens, event.payload.name) })
     case "role.deleted":
