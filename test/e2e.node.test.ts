@@ -5,7 +5,8 @@
  * the node with a known_hosts file that pins its host key. Sessions run as real local accounts
  * (a throwaway one created here, and root).
  */
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
+import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
@@ -14,7 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Cluster } from "./fixtures/cluster.ts"
 import { startCluster, stopCluster } from "./fixtures/cluster.ts"
 import type { NodeAgentProcess } from "./fixtures/node.ts"
-import { createLocalUser, signUser, ssh, sshArgs, startNodeAgent } from "./fixtures/node.ts"
+import { adminRpc, auditEvents, createLocalUser, signUser, signUserDirect, ssh, sshArgs, startNodeAgent } from "./fixtures/node.ts"
+import { runInTerminal } from "./fixtures/nodeTerminal.ts"
 import { run } from "./fixtures/processes.ts"
 
 type Creds = { readonly key: string; readonly cert: string }
@@ -25,15 +27,12 @@ describe("SSH node agent with OpenSSH", () => {
   let dir: string
   let local: ReturnType<typeof createLocalUser>
   let alice: Creds
-  const audit = async (type: string) => {
-    const r = await c.tctl("audit", "search", `--type=${type}`, "--format=json")
-    return r.stdout.trim() === "" ? [] : r.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>)
-  }
   /** Waits until an audit event of `type` matching `pred` has reached auth (agents upload in the background). */
   const awaitEvent = async (type: string, pred: (e: Record<string, unknown>) => boolean, ms = 15_000) => {
     const deadline = Date.now() + ms
     for (;;) {
-      const found = (await audit(type)).find(pred)
+      // The newest match: several tests may leave events that look alike.
+      const found = (await auditEvents(c, [type])).findLast(pred)
       if (found !== undefined) return found
       if (Date.now() > deadline) throw new Error(`no ${type} event matching ${pred.toString()}; node output:\n${n.service.output().slice(-3000)}`)
       await new Promise((r) => setTimeout(r, 300))
@@ -77,9 +76,9 @@ describe("SSH node agent with OpenSSH", () => {
     const created = await c.tctl("create", roles)
     expect(created.stderr).toBe("")
     // alice: a throwaway account, root, nobody (denied by a deny rule) and one that no host has.
-    const add = await c.tctl("users", "add", "alice", "--roles=node-dev", `--logins=${local.name},root,nobody,ghost-login`)
-    expect(add.stderr).toBe("")
-    expect((await c.tctl("users", "add", "bob", "--roles=node-prod", "--logins=root")).code).toBe(0)
+    await adminRpc(c, "users.create", { name: "alice", roles: ["node-dev"], traits: { logins: [local.name, "root", "nobody", "ghost-login"] } })
+    await adminRpc(c, "users.create", { name: "bob", roles: ["node-prod"], traits: { logins: ["root"] } })
+    await adminRpc(c, "users.create", { name: "audrey", roles: ["auditor"], traits: {} })
     n = await startNodeAgent(c, { name: "node-a", labels: "env=dev,team=a", dir })
     alice = await signUser(c, "alice", path.join(dir, "alice"))
   }, 120_000)
@@ -143,7 +142,10 @@ describe("SSH node agent with OpenSSH", () => {
         s.close(() => r(p))
       })
     })
-    const fwd = ssh(n, alice, local.name, "sleep 8", ["-L", `${localPort}:127.0.0.1:${echoPort}`, "-o", "ExitOnForwardFailure=yes"])
+    const fwd = spawn("ssh", [...sshArgs(n, alice), "-N", "-L", `${localPort}:127.0.0.1:${echoPort}`, "-o", "ExitOnForwardFailure=yes", "-p", String(n.port), `${local.name}@127.0.0.1`], {
+      stdio: "ignore"
+    })
+    const fwdClosed = new Promise((r) => fwd.once("close", r))
     try {
       let reply = ""
       const deadline = Date.now() + 10_000
@@ -168,7 +170,8 @@ describe("SSH node agent with OpenSSH", () => {
       expect(port["code"]).toBe("T3003I")
     } finally {
       echo.close()
-      await fwd
+      fwd.kill()
+      await fwdClosed
     }
   })
 
@@ -198,6 +201,56 @@ describe("SSH node agent with OpenSSH", () => {
     expect(download["code"]).toBe("T3004I")
   })
 
+  it("resizes the PTY on a window change, and uploads the recording of the session to auth", async () => {
+    const t = runInTerminal(["ssh", ...sshArgs(n, alice), "-p", String(n.port), `${local.name}@127.0.0.1`], 80, 24)
+    try {
+      t.send("stty size\r")
+      await t.waitFor(/^24 80\r?$/m)
+      t.resize(132, 43)
+      await new Promise((r) => setTimeout(r, 300))
+      t.send("stty size; echo typed-$((2+3))\r")
+      await t.waitFor(/^43 132\r?$/m)
+      await t.waitFor(/typed-5/)
+      t.send("exit\r")
+      expect(await t.exited).toBe(0)
+    } finally {
+      t.kill()
+    }
+    const start = await awaitEvent("session.start", (e) => e["interactive"] === true && e["size"] === "80:24")
+    const end = await awaitEvent("session.end", (e) => e["sid"] === start["sid"])
+    // The node uploads the recording and deletes its copy once auth holds all of it.
+    const cast = path.join(n.dataDir, "recordings", `${String(start["sid"])}.cast`)
+    const deadline = Date.now() + 20_000
+    while (fs.existsSync(cast) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250))
+    expect(fs.existsSync(cast)).toBe(false)
+    const got = (await adminRpc(c, "web.recording_get", { user: "audrey", session_id: start["sid"] })) as { data: string }
+    const bytes = /^\{"version"/.test(got.data) ? Buffer.from(got.data, "utf8") : Buffer.from(got.data, "base64")
+    const text = bytes.toString("utf8")
+    const lines = text.trim().split("\n")
+    expect(JSON.parse(lines[0]!)).toMatchObject({ version: 2, width: 80, height: 24 })
+    const events = lines.slice(1).map((l) => JSON.parse(l) as [number, string, string])
+    expect(events.some(([, k, d]) => k === "r" && d === "132x43")).toBe(true)
+    expect(events.filter(([, k]) => k === "o").map(([, , d]) => d).join("")).toMatch(/typed-5/)
+    expect(events.filter(([, k]) => k === "i").map(([, , d]) => d).join("")).toContain("stty size; echo typed-$((2+3))")
+    expect(createHash("sha256").update(bytes).digest("hex")).toBe(end["session_recording_sha256"])
+  })
+
+  it("closes the connection of a client that floods window changes, audits it, and keeps serving", async () => {
+    const t = runInTerminal(["ssh", ...sshArgs(n, alice), "-p", String(n.port), `${local.name}@127.0.0.1`], 80, 24)
+    try {
+      t.send("echo ready-$((1+1))\r")
+      await t.waitFor(/ready-2/)
+      t.storm(3000)
+      expect(await t.exited).toBe(255)
+    } finally {
+      t.kill()
+    }
+    const e = await awaitEvent("client.disconnect", (x) => /window-change storm/.test(String(x["reason"])))
+    expect(e["code"]).toBe("T3006I")
+    expect(e["user"]).toBe("alice")
+    await nodeStillServes()
+  })
+
   const refused = async (r: { code: number | null; stderr: string }, reason: RegExp) => {
     expect(r.code).toBe(255)
     expect(r.stderr).toMatch(/Permission denied/)
@@ -208,7 +261,7 @@ describe("SSH node agent with OpenSSH", () => {
     await refused(await ssh(n, alice, "daemon", "true"), /principal "daemon" is not in the certificate/)
     await refused(await ssh(n, alice, "nobody", "true"), /denied by role node-dev \(deny\.logins\)/)
     await refused(await ssh(n, alice, "ghost-login", "true"), /login "ghost-login" does not exist on node node-a/)
-    const bob = await signUser(c, "bob", path.join(dir, "bob"))
+    const bob = await signUserDirect(c, "bob", path.join(dir, "bob"))
     await refused(await ssh(n, bob, "root", "true"), /access to node node-a as login root/)
     const e = await awaitEvent("auth", (x) => /ghost-login/.test(String(x["error"])))
     expect(e["code"]).toBe("T3007W")
@@ -217,7 +270,7 @@ describe("SSH node agent with OpenSSH", () => {
   })
 
   it("refuses an expired certificate and one from another CA", async () => {
-    const expired = await signUser(c, "alice", path.join(dir, "alice-short"), "1s")
+    const expired = await signUserDirect(c, "alice", path.join(dir, "alice-short"), 1)
     await new Promise((r) => setTimeout(r, 2_000))
     await refused(await ssh(n, expired, local.name, "true"), /certificate has expired/)
 

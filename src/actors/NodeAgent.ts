@@ -16,9 +16,8 @@ import { generateKeyPairSync, createPrivateKey } from "node:crypto"
 import * as fs from "node:fs"
 import { isIP } from "node:net"
 import * as path from "node:path"
-import { Duration, Effect, Either, Layer, Schedule, Schema } from "effect"
+import { Deferred, Duration, Effect, Either, Layer, Schedule, Schema } from "effect"
 import type { AgentIdentity } from "../adapters/AgentIdentity.ts"
-import { agentPost, parseProxy } from "../adapters/AgentIdentity.ts"
 import * as AuditBuffer from "../adapters/AuditBuffer.ts"
 import { Role, Traits } from "../domain/Role.ts"
 import { parseOpenSshPrivateKey, parsePublicKeyLine, privateKeyToOpenSsh, publicKeyBlob, publicKeyLine } from "../protocols/ssh/cert.ts"
@@ -26,7 +25,7 @@ import { uploadRecordings } from "../protocols/ssh/recording.ts"
 import type { NodeServer } from "../protocols/ssh/server.ts"
 import { makeNodeServer } from "../protocols/ssh/server.ts"
 import { NodeResource, Resources } from "../protocols/tunnel/wire.ts"
-import * as TunnelAgent from "./TunnelAgent.ts"
+import * as TunnelPool from "./TunnelPool.ts"
 
 export const HOST_KEY_FILE = "ssh_host_ed25519_key"
 const USER_CA_CACHE = "user-ca.pub"
@@ -78,7 +77,10 @@ export interface NodeAgentOptions {
 export const make = (options: NodeAgentOptions) =>
   Effect.gen(function* () {
     const { identity, proxy, dataDir } = options
-    const post = (urlPath: string, body: unknown) => Effect.runPromise(agentPost(proxy, identity, urlPath, body))
+    // Calls to the proxy go through the tunnel pool: the given proxy first, then any other.
+    const pool = yield* Deferred.make<TunnelPool.TunnelPoolApi>()
+    const postEffect = (urlPath: string, body: unknown) => Effect.flatMap(Deferred.await(pool), (p) => p.post(urlPath, body))
+    const post = (urlPath: string, body: unknown) => Effect.runPromise(postEffect(urlPath, body))
     const hostKey = loadOrCreateHostKey(dataDir)
     const buffer = AuditBuffer.open(dataDir)
     yield* Effect.addFinalizer(() => buffer.close)
@@ -92,7 +94,7 @@ export const make = (options: NodeAgentOptions) =>
           yield* buffer.acknowledge(next)
           continue
         }
-        yield* agentPost(proxy, identity, "/v1/webapi/agent/events", { events })
+        yield* postEffect("/v1/webapi/agent/events", { events })
         yield* buffer.acknowledge(next)
       }
     })
@@ -137,7 +139,6 @@ export const make = (options: NodeAgentOptions) =>
       }
       return caKeys
     }
-    yield* Effect.promise(() => fetchCaKeys().catch(() => undefined))
     yield* Effect.tryPromise(() => fetchCaKeys()).pipe(
       Effect.catchAll((e) => Effect.logDebug(`user CA refresh deferred: ${String(e)}`)),
       Effect.repeat(Schedule.spaced(Duration.seconds(30))),
@@ -182,13 +183,10 @@ export const make = (options: NodeAgentOptions) =>
       })
     }
 
-    const target = parseProxy(proxy)
-    const agent = yield* TunnelAgent.make({
-      host: target.host,
-      port: target.port,
-      cert: identity.certPem,
-      key: identity.keyPem,
-      ca: identity.caPems,
+    const agent = yield* TunnelPool.make({
+      proxy,
+      identity,
+      dataDir,
       resources: new Resources({
         databases: [],
         node: new NodeResource({ name: options.nodeName, labels: { ...options.labels }, host_key: hostKey.publicLine })
@@ -196,6 +194,9 @@ export const make = (options: NodeAgentOptions) =>
       onDial: ({ target: t, stream }) =>
         t.kind === "ssh" ? Effect.promise(() => server.accept(stream, remoteIp(t.meta["remote_addr"]))) : Effect.fail(new Error(`a node serves no ${t.kind}`))
     })
+    yield* Deferred.succeed(pool, agent)
+    // The CA keys before the first login (from the cache until the proxy answers).
+    yield* Effect.promise(() => fetchCaKeys().catch(() => undefined))
     return { agent, server, listenPort, hostKey: hostKey.publicLine }
   })
 

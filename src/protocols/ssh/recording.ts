@@ -125,10 +125,14 @@ export interface RecordingChunk {
   readonly offset: number
   readonly data: string
   readonly done: boolean
+  /** With `done`: SHA-256 (hex) of the whole file, which auth checks against what it holds. */
+  readonly sha256?: string
 }
 
-/** Largest chunk per request, well inside what the proxy reads. */
+/** Largest chunk per request: what auth takes in one upload (RecordingStore's MAX_UPLOAD_BYTES). */
 const CHUNK = 512 * 1024
+
+const fileSha256 = (file: string): string => createHash("sha256").update(fs.readFileSync(file)).digest("hex")
 
 /**
  * One pass over the recordings dir: for every recording, sends what auth does not hold yet, in
@@ -167,7 +171,7 @@ export const uploadRecordings = async (
           }
         }
         const last = done && offset + length >= size
-        const r = await post({ session_id: sid, offset, data: buf.toString("base64"), done: last })
+        const r = await post({ session_id: sid, offset, data: buf.toString("base64"), done: last, ...(last ? { sha256: fileSha256(file) } : {}) })
         if (!Number.isFinite(r.stored) || r.stored < 0 || r.stored > size) throw new Error(`auth acknowledged ${r.stored} of ${size} bytes`)
         const progressed = r.stored !== offset
         uploaded += Math.max(0, r.stored - offset)
