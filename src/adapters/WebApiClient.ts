@@ -9,7 +9,7 @@ import * as fs from "node:fs"
 import * as https from "node:https"
 import * as tls from "node:tls"
 import { Data, Effect, Schema } from "effect"
-import { DatabasesResponse, DbCertRequest, DbCertResponse, ErrorBody, FindResponse, LoginRequest, LoginResponse } from "../domain/WebApi.ts"
+import { DatabasesResponse, DbCertRequest, DbCertResponse, ErrorBody, FindResponse, LoginRequest, LoginResponse, NodesResponse } from "../domain/WebApi.ts"
 import { DEFAULT_PROXY_PORT, parseProxyAddr } from "./TshProfile.ts"
 
 export class WebApiError extends Data.TaggedError("WebApiError")<{
@@ -187,3 +187,7 @@ export const databases = (proxy: string, opts: ClientCertOptions): Effect.Effect
 /** `POST /v1/webapi/db/certs` with the user's certificate (mTLS): a certificate routed to one database. */
 export const dbCerts = (proxy: string, req: typeof DbCertRequest.Type, opts: ClientCertOptions): Effect.Effect<typeof DbCertResponse.Type, WebApiError> =>
   Effect.flatMap(request(proxy, "POST", "/v1/webapi/db/certs", Schema.encodeSync(DbCertRequest)(req), opts), decode(DbCertResponse, "database certificate"))
+
+/** `GET /v1/webapi/nodes` with the user's certificate (mTLS): the SSH nodes the user may reach, with their host keys. */
+export const nodes = (proxy: string, opts: ClientCertOptions): Effect.Effect<typeof NodesResponse.Type, WebApiError> =>
+  Effect.flatMap(request(proxy, "GET", "/v1/webapi/nodes", undefined, opts), decode(NodesResponse, "nodes"))

@@ -19,6 +19,7 @@ import { generateEcdsaKeyPair, parseCertIdentity } from "../adapters/x509.ts"
 import { certIdentityExtensions, decodeCertificate, IDENTITY_EXTENSIONS, privateKeyToOpenSsh, publicKeyBlob, publicKeyLine } from "../protocols/ssh/cert.ts"
 import { runCli } from "./run.ts"
 import { dbCommand, proxyCommand } from "./tshDb.ts"
+import { configCommand, lsCommand, runRaw as runSsh } from "./tshSsh.ts"
 import { playCommand, recordingsCommand } from "./tshPlay.ts"
 
 class TshError extends Data.TaggedError("TshError")<{ readonly message: string }> {}
@@ -359,7 +360,8 @@ const version = Command.make("version", {}, () => Console.log(`Remoteler v${VERS
 
 const tsh = root.pipe(
   Command.withDescription("Log in to a Remoteler cluster and reach its databases and servers."),
-  Command.withSubcommands([login, status, logout, dbCommand, proxyCommand, recordingsCommand, playCommand, version])
+  Command.withSubcommands([login, status, logout, lsCommand, configCommand, dbCommand, proxyCommand, recordingsCommand, playCommand, version])
 )
 
-runCli(Command.run(tsh, { name: "tsh", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)
+// `tsh ssh|scp|proxy ssh` take OpenSSH's argument shape and are parsed in tshSsh.ts.
+if (!runSsh(process.argv.slice(2))) runCli(Command.run(tsh, { name: "tsh", version: VERSION }), NodeContext.layer, NodeRuntime.runMain)
