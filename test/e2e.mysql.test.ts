@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Cluster } from "./fixtures/cluster.ts"
 import { startCluster, stopCluster } from "./fixtures/cluster.ts"
 import type { MariaDb } from "./fixtures/mariadb.ts"
-import { startCertMariaDb } from "./fixtures/mariadb.ts"
+import { installMariaDb, startCertMariaDb } from "./fixtures/mariadb.ts"
 import type { Service } from "./fixtures/processes.ts"
 import { bin, freePort, node, run, startService } from "./fixtures/processes.ts"
 
@@ -87,9 +87,10 @@ describe("MySQL through the proxy and a db agent", () => {
 
   beforeAll(async () => {
     mysqlPort = await freePort()
-    c = await startCluster("off", [`  mysql_listen_addr: 127.0.0.1:${mysqlPort}`])
+    const [cluster, installed] = await Promise.all([startCluster("off", [`  mysql_listen_addr: 127.0.0.1:${mysqlPort}`]), installMariaDb()])
+    c = cluster
     home = fs.mkdtempSync(path.join(os.tmpdir(), "home-"))
-    db = await startCertMariaDb(c.tctl, tmp("db"))
+    db = await startCertMariaDb(c.tctl, tmp("db"), installed)
     await db.sql(
       [
         "CREATE DATABASE app",
@@ -139,7 +140,9 @@ describe("MySQL through the proxy and a db agent", () => {
     expectAudit("the mysql client's query", "db.session.query", (q) =>
       q["db_query"] === "SELECT CURRENT_USER(), DATABASE(), VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'" && q["code"] === "TDB02I" && q["db_user"] === "alice" && q["db_service"] === "maria1" && q["db_name"] === "app"
     )
-    expectAudit("a multi-statement query", "db.session.query", (q) => q["db_query"] === "INSERT INTO notes VALUES (1, 'hello'); SELECT body FROM notes WHERE id = 1")
+    // The client splits its -e text at the semicolons: two queries.
+    expectAudit("the insert", "db.session.query", (q) => q["db_query"] === "INSERT INTO notes VALUES (1, 'hello')")
+    expectAudit("the select after it", "db.session.query", (q) => q["db_query"] === "SELECT body FROM notes WHERE id = 1")
     const rows = await settle()
     const start = rows.find((s) => s["event"] === "db.session.start" && s["code"] === "TDB00I" && s["db_protocol"] === "mysql")!
     expect(start["db_name"]).toBe("app")
