@@ -17,7 +17,7 @@ import { startCluster, stopCluster } from "./fixtures/cluster.ts"
 import type { NodeAgentProcess } from "./fixtures/node.ts"
 import { adminRpc, auditEvents, createLocalUser, signUser, signUserDirect, ssh, sshArgs, startNodeAgent } from "./fixtures/node.ts"
 import { runInTerminal } from "./fixtures/nodeTerminal.ts"
-import { run } from "./fixtures/processes.ts"
+import { freePort, run } from "./fixtures/processes.ts"
 
 type Creds = { readonly key: string; readonly cert: string }
 
@@ -27,6 +27,7 @@ describe("SSH node agent with OpenSSH", () => {
   let dir: string
   let local: ReturnType<typeof createLocalUser>
   let alice: Creds
+  let proxySshPort: number
   /** Waits until an audit event of `type` matching `pred` has reached auth (agents upload in the background). */
   const awaitEvent = async (type: string, pred: (e: Record<string, unknown>) => boolean, ms = 15_000) => {
     const deadline = Date.now() + ms
@@ -44,7 +45,8 @@ describe("SSH node agent with OpenSSH", () => {
   }
 
   beforeAll(async () => {
-    c = await startCluster("off")
+    proxySshPort = await freePort()
+    c = await startCluster("off", [`  ssh_listen_addr: 127.0.0.1:${proxySshPort}`])
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "node-e2e-"))
     fs.chmodSync(dir, 0o755)
     local = createLocalUser(dir)
@@ -90,7 +92,7 @@ describe("SSH node agent with OpenSSH", () => {
     if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true })
   })
 
-  it("pins a host key that stays the same across restarts, and runs commands as the login with their exit codes", async () => {
+  it("runs commands as the login with their exit codes, stdin, stdout and stderr", async () => {
     expect(n.hostKey).toMatch(/^ssh-ed25519 AAAA/)
     const id = await ssh(n, alice, local.name, "id -un; echo $HOME; pwd")
     expect(id.stderr).toBe("")
@@ -204,8 +206,9 @@ describe("SSH node agent with OpenSSH", () => {
   it("resizes the PTY on a window change, and uploads the recording of the session to auth", async () => {
     const t = runInTerminal(["ssh", ...sshArgs(n, alice), "-p", String(n.port), `${local.name}@127.0.0.1`], 80, 24)
     try {
-      t.send("stty size\r")
+      t.send("stty size; echo sid=$REMOTELER_SESSION_ID\r")
       await t.waitFor(/^24 80\r?$/m)
+      await t.waitFor(/^sid=[0-9a-f-]{36}\r?$/m)
       t.resize(132, 43)
       await new Promise((r) => setTimeout(r, 300))
       t.send("stty size; echo typed-$((2+3))\r")
@@ -216,7 +219,9 @@ describe("SSH node agent with OpenSSH", () => {
     } finally {
       t.kill()
     }
-    const start = await awaitEvent("session.start", (e) => e["interactive"] === true && e["size"] === "80:24")
+    const sid = /^sid=([0-9a-f-]{36})\r?$/m.exec(t.output())![1]
+    const start = await awaitEvent("session.start", (e) => e["sid"] === sid)
+    expect(start).toMatchObject({ interactive: true, size: "80:24", login: local.name, session_recording: "node" })
     const end = await awaitEvent("session.end", (e) => e["sid"] === start["sid"])
     // The node uploads the recording and deletes its copy once auth holds all of it.
     const cast = path.join(n.dataDir, "recordings", `${String(start["sid"])}.cast`)
@@ -298,6 +303,57 @@ describe("SSH node agent with OpenSSH", () => {
     })
     expect(answer).toMatch(/^SSH-2\.0-Remoteler/)
     await awaitEvent("auth", (e) => /not an SSH client/.test(String(e["error"])))
+    await nodeStillServes()
+  })
+  it("serves the same session through the proxy: OpenSSH's ssh -J over the proxy's SSH port and the node's reverse tunnel", async () => {
+    // The node shows in the inventory once the proxy has reported its tunnel.
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      const listed = (await adminRpc(c, "web.nodes", { user: "alice" })) as { nodes: Array<{ name: string; host_key?: string }> }
+      const found = listed.nodes.find((x) => x.name === "node-a")
+      if (found !== undefined) {
+        expect(found.host_key).toBe(n.hostKey)
+        break
+      }
+      if (Date.now() > deadline) throw new Error(`node-a never appeared in the inventory: ${JSON.stringify(listed)}`)
+      await new Promise((r) => setTimeout(r, 300))
+    }
+    const config = path.join(dir, "jump_config")
+    fs.writeFileSync(
+      config,
+      [
+        "Host jump",
+        "  HostName 127.0.0.1",
+        `  Port ${proxySshPort}`,
+        `  UserKnownHostsFile ${path.join(dir, "jump_known_hosts")}`,
+        "  StrictHostKeyChecking accept-new",
+        "Host *",
+        `  IdentityFile ${alice.key}`,
+        `  CertificateFile ${alice.cert}`,
+        "  IdentitiesOnly yes",
+        "  BatchMode yes",
+        "Host node-a.main",
+        `  UserKnownHostsFile ${path.join(dir, "node_known_hosts")}`,
+        "  StrictHostKeyChecking yes",
+        ""
+      ].join("\n")
+    )
+    fs.writeFileSync(path.join(dir, "node_known_hosts"), `node-a.main ${n.hostKey}\n`)
+    const r = await run("ssh", ["-F", config, "-J", "alice@jump", "-l", local.name, "node-a.main", "echo via-tunnel; exit 4"], { timeoutMs: 60_000 })
+    expect(r.stdout).toBe("via-tunnel\n")
+    expect(r.code).toBe(4)
+    // The node saw the user's address as the proxy reported it, not the tunnel's.
+    const exec = await awaitEvent("exec", (e) => e["command"] === "echo via-tunnel; exit 4")
+    expect(exec["addr.remote"]).toBe("127.0.0.1")
+  })
+
+  it("keeps its identity and host key across a restart: no token needed, clients' pinned key still matches", async () => {
+    const before = n.hostKey
+    const hostId = /node agent (\S+)/.exec(n.service.output())?.[1]
+    expect(hostId).toMatch(/^[0-9a-f-]{36}$/)
+    n = await n.restart()
+    expect(n.hostKey).toBe(before)
+    expect(/node agent (\S+)/.exec(n.service.output())?.[1]).toBe(hostId)
     await nodeStillServes()
   })
 })
