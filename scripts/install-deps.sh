@@ -21,6 +21,11 @@ declare -A need=(
   [pgbouncer]=pgbouncer
   [runuser]=util-linux
   [tmux]=tmux
+  # The SSH node agent: its PTY/privilege helper (openpty, termios, initgroups) and SFTP for scp/sftp.
+  [/usr/bin/python3]=python3
+  [/usr/lib/openssh/sftp-server]=openssh-sftp-server
+  [useradd]=passwd
+  [getent]=libc-bin
 )
 
 missing=()
