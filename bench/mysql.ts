@@ -106,6 +106,7 @@ const main = async () => {
       [
         "CREATE DATABASE app",
         "CREATE TABLE app.sbtest (id INT PRIMARY KEY, k INT NOT NULL, c CHAR(120) NOT NULL, pad CHAR(60) NOT NULL)",
+        "USE app",
         `INSERT INTO app.sbtest SELECT seq, seq % 1000, REPEAT(CHAR(97 + seq % 26), 120), REPEAT('p', 60) FROM seq_1_to_${ROWS}`,
         "CREATE USER alice@'%' REQUIRE X509",
         "GRANT SELECT ON app.* TO alice@'%'",

@@ -157,6 +157,9 @@ describe("MySQL through the proxy and a db agent", () => {
     const r = await run("mysql", ["--no-defaults", ...args, "-N", "-B", "-e", "SELECT 40 + 2"])
     expect(r.stderr).toBe("")
     expect(r.stdout.trim()).toBe("42")
+    // tsh db connect runs the client with the login's option group (here reading SQL from stdin).
+    const viaConnect = await tsh(["db", "connect", "maria1"], "SELECT CONCAT('via ', 'connect');\n")
+    expect(viaConnect.stdout).toContain("via connect")
     const e = await tsh(["db", "env", "maria1"])
     expect(e.stdout).toContain(`export MYSQL_TCP_PORT=${mysqlPort}`)
     expect(e.stdout).toContain("export MYSQL_GROUP_SUFFIX=_main-maria1")
@@ -180,6 +183,25 @@ describe("MySQL through the proxy and a db agent", () => {
     expectAudit("an insert with its parameters", "db.session.query", (e) => e["db_query"] === "INSERT INTO notes VALUES (?, ?)" && same(e["db_query_parameters"], ["2", "from mysql2"]))
     expectAudit("NULL and a DATETIME parameter", "db.session.query", (e) => e["db_query"] === "SELECT ? IS NULL AS n, ? AS d" && Array.isArray(e["db_query_parameters"]) && (e["db_query_parameters"] as Array<unknown>)[0] === null)
     expectAudit("the prepare, with Teleport's code", "db.session.mysql.statements.prepare", (e) => e["db_query"] === "INSERT INTO notes VALUES (?, ?)" && e["code"] === "TMY00I")
+  })
+
+  it("ALPN remoteler-mysql on the web port: TLS first, then plain MySQL inside, greeted with the server's version", async () => {
+    const sock = tls.connect({ host: "localhost", port: c.port, ALPNProtocols: ["remoteler-mysql"], ...certFiles(), servername: "localhost" })
+    await new Promise((r, j) => {
+      sock.once("secureConnect", r)
+      sock.once("error", j)
+    })
+    expect(sock.alpnProtocol).toBe("remoteler-mysql")
+    const conn = await mysql.createConnection({ stream: sock, user: "alice", database: "app" })
+    try {
+      const greeting = (conn as unknown as { connection: { _handshakePacket: { serverVersion: string } } }).connection._handshakePacket
+      expect(greeting.serverVersion).toContain(db.serverVersion)
+      const [rows] = await conn.execute("SELECT ? + 1 AS n", [41])
+      expect(rows).toEqual([{ n: 42 }])
+    } finally {
+      await conn.end()
+    }
+    expectAudit("a query over the ALPN path", "db.session.query", (q) => q["db_query"] === "SELECT ? + 1 AS n" && JSON.stringify(q["db_query_parameters"]) === '["41"]')
   })
 
   it("refuses a database name the roles do not allow: at connect, on COM_INIT_DB and on USE; the session goes on", async () => {

@@ -32,6 +32,7 @@ import {
   serializeClient,
   serializeServer
 } from "../../src/protocols/mysql/index.ts"
+import { useTargets } from "../../src/protocols/mysql/engine.ts"
 import type {
   BinaryValue,
   BoundParam,
@@ -759,5 +760,20 @@ describe("MySQL framing and robustness", () => {
     expect(decodeErr(b.subarray(4))).toEqual({ kind: "err", code: 1045, sqlState: "28000", message: "Access denied for user 'root'@'%' (using password: YES)" })
     const db = errPacketBytes(1044, "42000", "Access denied for user 'alice'@'%' to database 'prod'", 1)
     expect(decodeErr(db.subarray(4))).toMatchObject({ code: 1044, sqlState: "42000" })
+  })
+})
+
+describe("USE detection (the engine's db_names check on COM_QUERY)", () => {
+  it("never throws, and finds a USE statement after any statements that contain no quotes or comments", () => {
+    fc.assert(fc.property(fc.string({ unit: "binary", maxLength: 200 }), (s) => Array.isArray(useTargets(s))), RUNS)
+    const plain = fc.string({ maxLength: 30 }).map((s) => s.replace(/[;'"`#\\/*-]/g, " "))
+    const ident = fc.stringMatching(/^[a-z_][a-z0-9_]{0,15}$/)
+    fc.assert(
+      fc.property(fc.array(plain, { maxLength: 4 }), ident, fc.boolean(), (before, db, quoted) => {
+        const sql = [...before.map((b) => `SELECT ${b}`), `USE ${quoted ? `\`${db}\`` : db}`].join("; ")
+        expect(useTargets(sql)).toEqual([db])
+      }),
+      RUNS
+    )
   })
 })
