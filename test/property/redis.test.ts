@@ -9,6 +9,8 @@ import * as fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { RespParser, commandOf, serialize } from "../../src/protocols/redis/index.ts"
 import type { ParseResult, ParserOptions, ProtocolError, RespValue } from "../../src/protocols/redis/index.ts"
+import { AUDIT_ARG_LIMIT, MASK, auditArgs, authDecision } from "../../src/protocols/redis/commands.ts"
+import { encodeCommands } from "../../src/protocols/redis/relay.ts"
 
 const require = createRequire(import.meta.url)
 const { Command } = require("ioredis") as {
@@ -384,5 +386,72 @@ describe("RESP examples", () => {
     expect(cmds.map((c) => c?.name)).toEqual(["SET", "PING"])
     expect(cmds[0]?.args[1]?.length).toBe(size)
     expect(p.idle).toBe(true)
+  })
+})
+
+describe("the engine's command handling", () => {
+  const parseCommands = (data: Uint8Array) => request().push(data).map((r) => commandOf(r as RespValue))
+
+  it("commands re-encoded for Redis parse back to what ioredis sent (the audit sees what Redis runs)", () => {
+    fc.assert(
+      fc.property(fc.array(requestCommand, { minLength: 1, maxLength: 8 }), (cmds) => {
+        const parsed = parseCommands(concat(cmds.map((c) => ioredisBytes(c.name, c.args))))
+        const again = parseCommands(new Uint8Array(encodeCommands(parsed.map((c) => c!))))
+        expect(canon(again)).toBe(canon(parsed))
+      }),
+      RUNS
+    )
+  })
+
+  it("inline commands are re-encoded as multibulk with the same arguments", () => {
+    const [cmd] = parseCommands(utf8.encode(`set "a b" 'c d' e\r\n`))
+    expect(fromUtf8.decode(encodeCommands([cmd!]))).toBe("*4\r\n$3\r\nSET\r\n$3\r\na b\r\n$3\r\nc d\r\n$1\r\ne\r\n")
+  })
+
+  it("audited arguments are cut at 1 KiB with their length, and AUTH/HELLO passwords never appear", () => {
+    const secret = fc.stringMatching(/^[a-z0-9]{12,20}$/).map((s) => `pw-${s}`)
+    fc.assert(
+      fc.property(fc.array(argBytes, { maxLength: 4 }), fc.integer({ min: 0, max: 3000 }), secret, fc.string({ maxLength: 8 }), (args, n, pw, user) => {
+        const long = new Uint8Array(n).fill(0x61)
+        const plain = auditArgs({ name: "SET", args: [...args, long] })
+        const last = plain[plain.length - 1]!
+        if (n <= AUDIT_ARG_LIMIT) expect(last).toBe("a".repeat(n))
+        else expect(last).toBe(`${"a".repeat(AUDIT_ARG_LIMIT)}...(${n} bytes)`)
+        const auths = [
+          { name: "AUTH", args: [utf8.encode(pw)] },
+          { name: "AUTH", args: [utf8.encode(user), utf8.encode(pw)] },
+          { name: "HELLO", args: [utf8.encode("3"), utf8.encode("AUTH"), utf8.encode(user), utf8.encode(pw)] },
+          { name: "HELLO", args: [utf8.encode("3"), utf8.encode("SETNAME"), utf8.encode("x"), utf8.encode("auth"), utf8.encode(user), utf8.encode(pw)] }
+        ]
+        for (const a of auths) {
+          const audited = auditArgs(a)
+          expect(audited.join(" ")).not.toContain(pw)
+          expect(audited[audited.length - 1]).toBe(MASK)
+        }
+      }),
+      RUNS
+    )
+  })
+
+  it("AUTH and HELLO ... AUTH never reach Redis naming a user other than the session's", () => {
+    const name = fc.constantFrom("alice", "bob", "default", "")
+    fc.assert(
+      fc.property(name, name, fc.constantFrom("AUTH", "HELLO"), fc.boolean(), (session, asked, kind, setname) => {
+        const pw = utf8.encode("pw")
+        const cmd =
+          kind === "AUTH"
+            ? { name: "AUTH", args: [utf8.encode(asked), pw] }
+            : { name: "HELLO", args: [utf8.encode("3"), ...(setname ? [utf8.encode("SETNAME"), utf8.encode("c")] : []), utf8.encode("AUTH"), utf8.encode(asked), pw] }
+        const d = authDecision(cmd, session)
+        if (asked === session) {
+          expect(d.kind).toBe("forward")
+          if (d.kind === "forward") expect(d.command.args.map((a) => fromUtf8.decode(a))).toContain(session)
+        } else expect(d).toEqual({ kind: "other-user", user: asked })
+      }),
+      RUNS
+    )
+    // AUTH with a password only means Redis's default user: it runs as the session's user instead.
+    const d = authDecision({ name: "AUTH", args: [utf8.encode("pw")] }, "alice")
+    expect(d.kind === "forward" && d.command.args.map((a) => fromUtf8.decode(a))).toEqual(["alice", "pw"])
   })
 })

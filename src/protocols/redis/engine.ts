@@ -167,7 +167,7 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
     })
     yield* Effect.forkScoped(
       Effect.forever(
-        Effect.flatMap(Queue.takeAll(audits), (items) =>
+        Effect.flatMap(Queue.takeBetween(audits, 1, Number.MAX_SAFE_INTEGER), (items) =>
           Effect.forEach(
             items,
             (item) =>
