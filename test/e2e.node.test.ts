@@ -99,6 +99,8 @@ describe("SSH node agent with OpenSSH", () => {
     expect(id.stdout.trim().split("\n")).toEqual([local.name, local.home, local.home])
     expect((await ssh(n, alice, local.name, "exit 3")).code).toBe(3)
     expect((await ssh(n, alice, "root", "id -u")).stdout.trim()).toBe("0")
+    // A command killed by a signal: OpenSSH reports exit-signal as 255, the audit names the signal.
+    expect((await ssh(n, alice, local.name, "kill -TERM $$")).code).toBe(255)
     // stdin reaches the command, stdout and stderr stay apart.
     const cat = await ssh(n, alice, local.name, "tr a-z A-Z; echo err >&2", [], { input: "hello\n" })
     expect(cat.stdout).toBe("HELLO\n")
@@ -108,6 +110,7 @@ describe("SSH node agent with OpenSSH", () => {
     expect(exec["exitCode"]).toBe("3")
     expect(exec["user"]).toBe("alice")
     expect(exec["login"]).toBe(local.name)
+    expect((await awaitEvent("exec", (e) => e["command"] === "kill -TERM $$"))["exitError"]).toBe("signal: TERM")
     const ok = await awaitEvent("exec", (e) => e["command"] === "id -u")
     expect(ok["code"]).toBe("T3002I")
     const start = await awaitEvent("session.start", (e) => e["sid"] === exec["sid"])
@@ -194,6 +197,10 @@ describe("SSH node agent with OpenSSH", () => {
     const down = await run("scp", [...base, `${local.name}@127.0.0.1:uploaded.bin`, back])
     expect(down.code).toBe(0)
     expect(fs.readFileSync(back).equals(data)).toBe(true)
+    // Legacy scp (-O): the scp protocol over an exec of `scp -t`.
+    const legacy = await run("scp", ["-O", ...base, src, `${local.name}@127.0.0.1:legacy.bin`])
+    expect(legacy.code).toBe(0)
+    expect(fs.readFileSync(path.join(local.home, "legacy.bin")).equals(data)).toBe(true)
     const ls = await run("sftp", [...sshArgs(n, alice), "-P", String(n.port), "-b", "-", `${local.name}@127.0.0.1`], { input: "ls -1\n" })
     expect(ls.code).toBe(0)
     expect(ls.stdout).toMatch(/uploaded\.bin/)
@@ -201,6 +208,8 @@ describe("SSH node agent with OpenSSH", () => {
     expect(upload["code"]).toBe("T3005I")
     const download = await awaitEvent("scp", (e) => e["action"] === "download" && String(e["path"]).endsWith("uploaded.bin"))
     expect(download["code"]).toBe("T3004I")
+    const legacyEvent = await awaitEvent("scp", (e) => e["path"] === "legacy.bin")
+    expect(legacyEvent).toMatchObject({ action: "upload", code: "T3005I" })
   })
 
   it("resizes the PTY on a window change, and uploads the recording of the session to auth", async () => {

@@ -71,6 +71,17 @@ export interface NodeServer {
 const defaultPath = (uid: number) =>
   uid === 0 ? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" : "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
 
+/** `scp [-flags] -t|-f [--] PATH`, as the scp client asks the server to run it. */
+export const legacyScp = (command: string): { readonly action: "upload" | "download"; readonly path: string } | undefined => {
+  const words = command.trim().split(/\s+/)
+  if (words[0] !== "scp" || words.length < 3) return undefined
+  const flags = words.slice(1, -1).filter((w) => w.startsWith("-"))
+  const to = flags.some((f) => /^-[a-zA-Z]*t/.test(f))
+  const from = flags.some((f) => /^-[a-zA-Z]*f/.test(f))
+  if (to === from) return undefined
+  return { action: to ? "upload" : "download", path: words[words.length - 1]! }
+}
+
 export const makeNodeServer = (options: NodeServerOptions): NodeServer => {
   const log = options.log ?? (() => {})
   const lookup = options.lookupUser ?? defaultLookup
@@ -332,6 +343,11 @@ export const makeNodeServer = (options: NodeServerOptions): NodeServer => {
             void audit("scp", open.action === "download" ? "T3004I" : "T3005I", { ...base, path: open.path, action: open.action, command: "sftp" })
           )
           channel.on("data", (d: Buffer) => tap(d))
+        }
+        // Legacy scp (`scp -O`) runs `scp -t PATH` (upload) or `scp -f PATH` (download) as a command.
+        const legacy = kind === "exec" && command !== undefined ? legacyScp(command) : undefined
+        if (legacy !== undefined) {
+          void audit("scp", legacy.action === "download" ? "T3004I" : "T3005I", { ...base, path: legacy.path, action: legacy.action, command })
         }
         if (recorder !== undefined) {
           channel.on("data", (d: Buffer) => recorder.input(d))
