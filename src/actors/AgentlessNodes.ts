@@ -4,21 +4,27 @@
  * and the proxy's request to open a session on one (`web.agentless_session`): the RBAC decision
  * (node_labels and logins, deny wins) and, when allowed, a short user certificate for that one
  * login, which the proxy presents to the sshd. A refusal is audited (T3007W).
+ *
+ * Each node also gets a host key of its own for the proxy's side (`proxy_host_key`), which users'
+ * clients pin; its private half is a secret that proxies fetch (`web.agentless_host_key`) over the
+ * bus, which only proxies may call, so that every proxy presents the same key for the node.
  */
 import { Effect, Either, HashMap, Option } from "effect"
 import type { Handlers } from "../adapters/AuthApiHttp.ts"
-import type { EventDraft } from "../adapters/EventStore.ts"
+import { generateKeyPairSync } from "node:crypto"
+import type { EventDraft, EventStoreShape } from "../adapters/EventStore.ts"
 import type { AgentlessNodeFields, NodeResource } from "../domain/AgentlessNode.ts"
+import { agentlessHostKeyId } from "../domain/AgentlessNode.ts"
 import type { ApiError } from "../domain/Errors.ts"
-import { AlreadyExists, BadParameter, Forbidden, NotFound } from "../domain/Errors.ts"
+import { AlreadyExists, BadParameter, Forbidden, NotFound, Unavailable } from "../domain/Errors.ts"
 import * as Event from "../domain/Event.ts"
 import { checkNodeAccess } from "../domain/Rbac.ts"
 import * as RbacView from "../domain/RbacView.ts"
-import { decodeCertificate, parsePublicKeyLine, publicKeyLine, verifyCertificate } from "../protocols/ssh/cert.ts"
+import { decodeCertificate, parsePublicKeyLine, privateKeyToOpenSsh, publicKeyBlob, publicKeyLine, verifyCertificate } from "../protocols/ssh/cert.ts"
 import type { CertAuthorityShape } from "./CertAuthority.ts"
 import type { ProjectorShape } from "./Projector.ts"
 
-type NodeHandlers = Pick<Handlers, "nodes.upsert" | "nodes.delete" | "nodes.list" | "web.agentless_session">
+type NodeHandlers = Pick<Handlers, "nodes.upsert" | "nodes.delete" | "nodes.list" | "web.agentless_session" | "web.agentless_host_key">
 
 /** How long the certificate the proxy presents to an sshd lives: it is used once, at once. */
 export const UPSTREAM_CERT_TTL_MS = 2 * 60_000
@@ -26,12 +32,27 @@ export const UPSTREAM_CERT_TTL_MS = 2 * 60_000
 const CERT_TYPE = /-cert-v01@openssh\.com$/
 
 export const make = (deps: {
+  readonly store: EventStoreShape
   readonly projector: ProjectorShape<RbacView.RbacView>
   readonly ca: CertAuthorityShape
   readonly clusterName: string
   readonly write: (stream: string, actor: string, drafts: ReadonlyArray<Omit<EventDraft, "actor">>, expected?: "current" | "any") => Effect.Effect<void, ApiError>
 }) => {
-  const { projector, ca, clusterName, write } = deps
+  const { store, projector, ca, clusterName, write } = deps
+  const unavailable = (e: { readonly message: string }) => new Unavailable({ message: `event store: ${e.message}` })
+
+  /** The key the proxy presents for this node: made once, kept across updates of the node. */
+  const proxyHostKey = (name: string) =>
+    Effect.gen(function* () {
+      const known = Option.getOrUndefined(HashMap.get((yield* projector.state).agentlessNodes, name))
+      const id = agentlessHostKeyId(name)
+      if (known?.proxy_host_key !== undefined && (yield* store.getSecret(id).pipe(Effect.mapError(unavailable))) !== undefined) {
+        return known.proxy_host_key
+      }
+      const pair = generateKeyPairSync("ed25519")
+      yield* store.putSecret(id, new TextEncoder().encode(privateKeyToOpenSsh(pair.privateKey, `remoteler-proxy-${name}`))).pipe(Effect.mapError(unavailable))
+      return publicKeyLine(publicKeyBlob(pair.publicKey))
+    })
 
   /** The key to pin: the plain key given, or the key inside a host certificate the host CA signed for this node. */
   const pinnedKey = (node: NodeResource) =>
@@ -73,7 +94,8 @@ export const make = (deps: {
           addr: n.spec.addr,
           hostname: n.spec.hostname ?? n.metadata.name,
           labels: { ...n.metadata.labels },
-          ...pin
+          ...pin,
+          proxy_host_key: yield* proxyHostKey(n.metadata.name)
         }
         yield* write(`node/${n.metadata.name}`, "admin", [Event.make("node.created", fields)])
         return { name: n.metadata.name, created: !exists }
@@ -90,6 +112,14 @@ export const make = (deps: {
 
     "nodes.list": () =>
       Effect.map(projector.state, (v) => [...HashMap.values(v.agentlessNodes)].sort((a, b) => a.name.localeCompare(b.name))),
+
+    "web.agentless_host_key": (req) =>
+      Effect.gen(function* () {
+        if (!HashMap.has((yield* projector.state).agentlessNodes, req.node)) return yield* new NotFound({ message: `no agentless node named ${req.node}` })
+        const key = yield* store.getSecret(agentlessHostKeyId(req.node)).pipe(Effect.mapError(unavailable))
+        if (key === undefined) return yield* new Unavailable({ message: `the proxy host key of node ${req.node} is missing; run tctl create --force on the node again` })
+        return { private_key: new TextDecoder().decode(key) }
+      }),
 
     "web.agentless_session": (req) =>
       Effect.gen(function* () {

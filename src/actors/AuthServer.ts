@@ -114,7 +114,7 @@ export const make = (settings: AuthSettings) =>
     const local = LocalAuth.make({ store, projector, ca, settings, write: appendRecord })
     const db = yield* DbAccess.make({ store, projector, ca, clusterName: settings.clusterName, write: appendRecord })
     const recordings = SessionRecordings.make({ store, recordings: yield* RecordingStore, projector })
-    const agentless = AgentlessNodes.make({ projector, ca, clusterName: settings.clusterName, write })
+    const agentless = AgentlessNodes.make({ store, projector, ca, clusterName: settings.clusterName, write })
 
     const handlers: Handlers = {
       status: () =>

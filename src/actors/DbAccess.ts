@@ -225,7 +225,8 @@ export const make = (deps: {
             name: n.name,
             hostname: n.hostname,
             labels: n.labels,
-            hostKey: n.host_key,
+            // Users' clients talk to the proxy, which terminates their sessions: they pin its key.
+            hostKey: n.proxy_host_key,
             hostId: agentlessHostId(n.name),
             addr: n.addr
           }))

@@ -70,7 +70,13 @@ export const AgentlessNodeFields = Schema.Struct({
   /** The pinned host public key, `ssh-ed25519 AAAA...`. */
   host_key: Schema.String,
   /** The host certificate it was pinned from, when one was given. */
-  host_cert: Schema.optional(Schema.String)
+  host_cert: Schema.optional(Schema.String),
+  /**
+   * The host key the proxy presents to users for this node, where it terminates their sessions
+   * (its private half is in the secrets table, `agentlessHostKeyId`). Users' clients pin this one,
+   * not the sshd's: they never talk to the sshd.
+   */
+  proxy_host_key: Schema.optional(Schema.String)
 })
 export type AgentlessNodeFields = typeof AgentlessNodeFields.Type
 
@@ -90,6 +96,9 @@ export const toResource = (n: AgentlessNodeFields): NodeResource => ({
   metadata: { name: n.name, labels: { ...n.labels } },
   spec: { addr: n.addr, hostname: n.hostname, host_key: n.host_cert ?? n.host_key }
 })
+
+/** Where the private half of a node's `proxy_host_key` is kept. */
+export const agentlessHostKeyId = (name: string) => `agentless/${name}/host_key`
 
 /** The host id agentless nodes carry in listings and audit events (`server_id`). */
 export const agentlessHostId = (name: string) => `openssh:${name}`

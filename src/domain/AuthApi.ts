@@ -275,6 +275,8 @@ export const AuthMethods = {
   },
   "nodes.delete": { request: ByName, response: Empty },
   "nodes.list": { request: Empty, response: Schema.Array(AgentlessNodeFields) },
+  /** The private host key a proxy presents for an agentless node (OpenSSH format). */
+  "web.agentless_host_key": { request: Schema.Struct({ node: Schema.String }), response: Schema.Struct({ private_key: Schema.String }) },
   /** The proxy opens a session on an agentless node: RBAC, then a short certificate for the login. */
   "web.agentless_session": {
     request: Schema.Struct({
@@ -325,5 +327,6 @@ export const PROXY_METHODS: ReadonlyArray<AuthMethod> = [
   "web.recording_upload",
   "web.recordings_list",
   "web.recording_get",
-  "web.agentless_session"
+  "web.agentless_session",
+  "web.agentless_host_key"
 ]

@@ -40,6 +40,7 @@ import * as Route from "../../protocols/ssh/route.ts"
 import { SshReader, SshWriter } from "../../protocols/ssh/wire.ts"
 import type { ProxyContext, RouteFailure } from "./context.ts"
 import { splice } from "./context.ts"
+import * as RecordingProxy from "./sshRecording.ts"
 
 /** Time a client has to send its routing line (ALPN) or finish SSH authentication (3023). */
 const HANDSHAKE_TIMEOUT_MS = 15_000
@@ -95,6 +96,7 @@ const signatureBlob = (sig: Buffer, certAlgo: string): Uint8Array => {
 }
 
 export const make = (ctx: ProxyContext, settings: SshFrontSettings = {}) => {
+  const recording = RecordingProxy.make(ctx)
   /** The nodes this user may see, from auth, with the one named `host`. */
   const findNode = (user: string, host: string): Effect.Effect<NodeInfo, RouteFailure> =>
     Effect.gen(function* () {
@@ -164,9 +166,17 @@ export const make = (ctx: ProxyContext, settings: SshFrontSettings = {}) => {
         yield* Effect.logDebug(`ssh routing from ${socket.remoteAddress ?? "?"} refused: ${target.left}`)
         return yield* refuse(target.left)
       }
-      const stream = yield* Effect.either(
-        Effect.flatMap(findNode(id.right.username, target.right.host), (node) => dialNode(node, socket.remoteAddress))
-      )
+      const node = yield* Effect.either(findNode(id.right.username, target.right.host))
+      if (Either.isLeft(node)) return yield* refuse(node.left.message)
+      if (node.right.agentless === true) {
+        // A stock sshd: the proxy terminates, audits and records the session (proxy/sshRecording.ts).
+        const conn = { stream: socket, user: id.right.username, node: node.right, remoteAddr: socket.remoteAddress }
+        return yield* recording.serve(conn, () => socket.write(Route.OK)).pipe(
+          Effect.zipRight(Effect.sync(() => socket.resume())),
+          Effect.catchAll((e) => refuse(`cannot reach node ${node.right.name}: ${e.message}`))
+        )
+      }
+      const stream = yield* Effect.either(dialNode(node.right, socket.remoteAddress))
       if (Either.isLeft(stream)) return yield* refuse(stream.left.message)
       socket.write(Route.OK)
       splice(socket, stream.right)
@@ -258,11 +268,23 @@ export const make = (ctx: ProxyContext, settings: SshFrontSettings = {}) => {
       client.on("tcpip", (accept, reject, req: TcpipRequestInfo) => {
         const who = user ?? "?"
         void ctx.run(
-          Effect.flatMap(findNode(who, req.destIP), (node) => dialNode(node, info.ip)).pipe(
+          Effect.flatMap(findNode(who, req.destIP), (node) =>
+            node.agentless !== true
+              ? dialNode(node, info.ip)
+              : // A stock sshd: the inner session is terminated and recorded here (proxy/sshRecording.ts).
+                Effect.sync(() => {
+                  const channel = accept()
+                  if (channel !== undefined) {
+                    void ctx.run(recording.serve({ stream: channel, user: who, node, remoteAddr: info.ip }).pipe(Effect.catchAll(() => Effect.sync(() => channel.destroy()))))
+                  }
+                  return undefined
+                })
+          ).pipe(
             Effect.matchEffect({
               onFailure: (f) => Effect.logInfo(`ssh proxy: ${who} -> ${req.destIP}:${req.destPort} refused: ${f.message}`).pipe(Effect.zipRight(Effect.sync(() => reject()))),
               onSuccess: (stream) =>
                 Effect.sync(() => {
+                  if (stream === undefined) return
                   const channel: ServerChannel | undefined = accept()
                   if (channel === undefined) return stream.destroy()
                   splice(channel, stream)
