@@ -11,7 +11,7 @@ import * as fs from "node:fs"
 import type * as http from "node:http"
 import type { TLSSocket } from "node:tls"
 import { randomBytes, randomUUID } from "node:crypto"
-import { Effect, Either, Layer, Option, Runtime, Schema, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Option, Runtime, Schedule, Schema, Stream } from "effect"
 import * as AuthApiBus from "../adapters/AuthApiBus.ts"
 import * as Presence from "../adapters/Presence.ts"
 import * as ProxyListener from "../adapters/ProxyListener.ts"
@@ -23,6 +23,7 @@ import * as PostgresFront from "./proxy/postgres.ts"
 import * as RedisFront from "./proxy/redis.ts"
 import * as SshFront from "./proxy/ssh.ts"
 import * as TunnelServer from "./TunnelServer.ts"
+import { renewAt } from "./TunnelPool.ts"
 
 const encodeRole = Schema.encodeSync(Role)
 import { Bus } from "../adapters/Bus.ts"
@@ -104,23 +105,35 @@ export const make = (settings: ProxyWebSettings) =>
       AuthApiBus.call(bus, settings.clusterName, method, request)
 
     // The proxy's TLS identity: configured key pairs, or a host certificate from auth.
-    let key: string
-    let cert: string
+    let key = ""
+    let cert = ""
     if (settings.keyPairs !== undefined && settings.keyPairs.length > 0) {
       const pair = settings.keyPairs[0]!
       key = fs.readFileSync(pair.key_file, "utf8")
       cert = fs.readFileSync(pair.cert_file, "utf8")
-    } else {
+    }
+    const webHostId = `proxy-${randomUUID()}`
+    /** A certificate for the web port from auth (host CA), with the host CA in the chain. */
+    const issueWebCert = Effect.gen(function* () {
       const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.orDie)
-      const issued = yield* auth("web.proxy_cert", {
-        host_id: `proxy-${randomUUID()}`,
-        hosts: [...settings.publicHosts],
-        tls_pub_key: keys.publicKeyPem
-      }).pipe(Effect.retry({ times: 20, while: (e) => e._tag === "Unavailable" }), Effect.orDie)
-      key = keys.privateKeyPem
+      const issued = yield* auth("web.proxy_cert", { host_id: webHostId, hosts: [...settings.publicHosts], tls_pub_key: keys.publicKeyPem })
       // The chain includes the host CA, so a joining agent can check it against its --ca-pin.
-      const hostCas = yield* auth("web.trusted_host_cas", {}).pipe(Effect.orDie)
-      cert = issued.tls_cert! + hostCas.tls_ca_certs.join("")
+      const hostCas = yield* auth("web.trusted_host_cas", {})
+      return { key: keys.privateKeyPem, cert: issued.tls_cert! + hostCas.tls_ca_certs.join("") }
+    })
+    if (settings.keyPairs === undefined || settings.keyPairs.length === 0) {
+      const first = yield* issueWebCert.pipe(Effect.retry({ times: 20, while: (e) => e._tag === "Unavailable" }), Effect.orDie)
+      key = first.key
+      cert = first.cert
+    }
+    /** Read at each use, so a renewed certificate reaches fronts that do their own TLS (MySQL). */
+    const credentials = {
+      get key() {
+        return key
+      },
+      get cert() {
+        return cert
+      }
     }
 
     let trusted: { at: number; pems: ReadonlyArray<string> } | undefined
@@ -451,7 +464,7 @@ export const make = (settings: ProxyWebSettings) =>
           unreachable
         )
       })
-    const context: ProxyContext = { clusterName: settings.clusterName, credentials: { key, cert }, socketIdentity, auth, tunnels, run, openDbSession }
+    const context: ProxyContext = { clusterName: settings.clusterName, credentials, socketIdentity, auth, tunnels, run, openDbSession }
     const onPostgres = PostgresFront.make(context)
     const redisFront = RedisFront.make(context)
     const mysqlFront = MysqlFront.make(context)
@@ -484,12 +497,31 @@ export const make = (settings: ProxyWebSettings) =>
         )
       )
 
-    const { port } = yield* ProxyListener.listen(
+    const { port, setCredentials } = yield* ProxyListener.listen(
       settings.listenAddr,
       { key, cert },
       { http: onRequest, alpn: { "remoteler-tunnel": onTunnel, "remoteler-postgres": onPostgres, "remoteler-ssh": sshFront.onAlpn, "remoteler-mysql": mysqlFront.onTls, "remoteler-redis": redisFront.onSocket }, postgres: onPostgres, postgresCancel: onCancel, byCertificate: redisFront.byCertificate }
     ).pipe(Effect.orDie)
     yield* Effect.logInfo(`proxy web listener on ${settings.listenAddr.replace(/:\d+$/, "")}:${port}`)
+    // Renewal of auth-issued certificates at half their life (configured key pairs are the operator's).
+    if (settings.keyPairs === undefined || settings.keyPairs.length === 0) {
+      yield* Effect.forkScoped(
+        Effect.forever(
+          Effect.gen(function* () {
+            yield* Effect.sleep(Duration.millis(Math.max(1_000, Math.min(renewAt(cert) - Date.now(), 24 * 3600_000))))
+            if (Date.now() < renewAt(cert)) return
+            const next = yield* issueWebCert.pipe(
+              Effect.tapError((e) => Effect.logWarning(`web certificate renewal failed, retrying in 10 s: ${e.message}`)),
+              Effect.retry(Schedule.spaced(Duration.seconds(10)))
+            )
+            key = next.key
+            cert = next.cert
+            setCredentials(next)
+            yield* Effect.logInfo("proxy web certificate renewed")
+          })
+        )
+      )
+    }
     yield* sshFront.listen
     if (settings.mysqlListenAddr !== undefined) yield* Effect.orDie(mysqlFront.listen(settings.mysqlListenAddr, settings.mysqlListenRequired ?? true))
     return { port }

@@ -15,7 +15,7 @@
  */
 import * as https from "node:https"
 import { X509Certificate } from "node:crypto"
-import { Duration, Effect, Exit, Ref, Schedule, Scope } from "effect"
+import { Duration, Effect, ExecutionStrategy, Exit, Ref, Schedule, Scope } from "effect"
 import type { AgentIdentity } from "../adapters/AgentIdentity.ts"
 import { AgentIdentityError, agentPost, parseProxy, save } from "../adapters/AgentIdentity.ts"
 import * as X509 from "../adapters/x509.ts"
@@ -90,7 +90,7 @@ export const make = <R = never>(options: TunnelPoolOptions<R>): Effect.Effect<Tu
     const open = (addr: string) =>
       Effect.gen(function* () {
         const target = parseProxy(addr)
-        const scope = yield* Scope.fork(outer, "sequential")
+        const scope = yield* Scope.fork(outer, ExecutionStrategy.sequential)
         const resources = tunnels.size === 0 ? options.resources : yield* [...tunnels.values()][0]!.api.resources
         const api = yield* TunnelAgent.make<R>({
           ...options,
@@ -151,7 +151,7 @@ export const make = <R = never>(options: TunnelPoolOptions<R>): Effect.Effect<Tu
       Effect.forkScoped
     )
 
-    // Renewal at half the certificate's life; a failure is retried every minute until it works.
+    // Renewal at half the certificate's life; a failure is retried every 10 s until it works.
     const renew = Effect.gen(function* () {
       const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.mapError((e) => new AgentIdentityError({ message: e.message })))
       const r = (yield* post("/v1/webapi/agent/renew", { tls_pub_key: keys.publicKeyPem })) as {
@@ -175,8 +175,8 @@ export const make = <R = never>(options: TunnelPoolOptions<R>): Effect.Effect<Tu
           yield* Effect.sleep(Duration.millis(Math.min(wait, 24 * 3600_000)))
           if (Date.now() < renewAt(identityNow.certPem)) return
           yield* renew.pipe(
-            Effect.tapError((e) => Effect.logWarning(`host certificate renewal failed, retrying in a minute: ${e.message}`)),
-            Effect.retry(Schedule.spaced(Duration.minutes(1)))
+            Effect.tapError((e) => Effect.logWarning(`host certificate renewal failed, retrying in 10 s: ${e.message}`)),
+            Effect.retry(Schedule.spaced(Duration.seconds(10)))
           )
         })
       )

@@ -56,7 +56,11 @@ export const listen = (
   listenAddr: string,
   credentials: { readonly key: string; readonly cert: string },
   handlers: ListenerHandlers
-): Effect.Effect<{ readonly port: number }, Error, Scope.Scope> =>
+): Effect.Effect<
+  { readonly port: number; readonly setCredentials: (next: { readonly key: string; readonly cert: string }) => void },
+  Error,
+  Scope.Scope
+> =>
   Effect.gen(function* () {
     const httpServer = http.createServer(handlers.http)
     const options: tls.TlsOptions = {
@@ -149,5 +153,11 @@ export const listen = (
         })
     )
     const address = server.address()
-    return { port: typeof address === "object" && address !== null ? address.port : port }
+    return {
+      port: typeof address === "object" && address !== null ? address.port : port,
+      // A renewed certificate: new handshakes use it, connections already up keep theirs.
+      setCredentials: (next: { readonly key: string; readonly cert: string }) => {
+        for (const server of [tlsServer, pgTlsServer]) server.setSecureContext({ ...options, key: next.key, cert: next.cert })
+      }
+    }
   })

@@ -6,12 +6,13 @@
 import "reflect-metadata"
 import { Command, Options } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
-import { Console, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Schema, Stream } from "effect"
+import { Console, Duration, Effect, Either, Layer, Logger, LogLevel, Option, Redacted, Schedule, Schema, Stream } from "effect"
 import * as AuthServer from "../actors/AuthServer.ts"
 import * as fs from "node:fs"
 import * as crypto from "node:crypto"
 import * as os from "node:os"
 import * as DbAgent from "../actors/DbAgent.ts"
+import * as TunnelPool from "../actors/TunnelPool.ts"
 import * as NodeAgent from "../actors/NodeAgent.ts"
 import { engineFor, engines } from "../protocols/engine.ts"
 import * as AgentIdentity from "../adapters/AgentIdentity.ts"
@@ -214,23 +215,61 @@ const proxyHosts = (cfg: ResolvedConfig) => {
  * directly; a proxy of its own joins with a token of type proxy, like an agent.
  */
 const proxyCredentials = (cfg: ResolvedConfig, token: string | undefined) =>
-  Layer.effect(
+  Layer.scoped(
     AuthApiBus.RpcCredentials,
     Effect.gen(function* () {
-      const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.orDie)
       const hostId = `proxy-${crypto.randomUUID()}`
       const local = yield* Effect.serviceOption(AuthServer.AuthServer)
-      if (local._tag === "Some") {
-        const r = yield* local.value["web.proxy_cert"]({ host_id: hostId, hosts: proxyHosts(cfg), tls_pub_key: keys.publicKeyPem })
-        return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
-      }
-      if (token === undefined) {
-        return yield* Effect.fail(new Error("a proxy without the auth role joins the cluster with --token (tctl tokens add --type=proxy)"))
-      }
       const bus = yield* Bus
-      const r = yield* AuthApiBus.call(bus, cfg.clusterName, "web.join", { token, role: "proxy", node_name: os.hostname(), tls_pub_key: keys.publicKeyPem })
-      return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
-    }).pipe(Effect.mapError((e) => new Error(`the proxy cannot get its identity: ${e.message}`)))
+      /** A certificate from auth in this process, or over the bus (joined with a token, then renewed). */
+      const issue = (current: { certPem: string; keyPem: string } | undefined) =>
+        Effect.gen(function* () {
+          const keys = yield* X509.generateEcdsaKeyPair().pipe(Effect.orDie)
+          if (local._tag === "Some") {
+            const r = yield* local.value["web.proxy_cert"]({ host_id: hostId, hosts: proxyHosts(cfg), tls_pub_key: keys.publicKeyPem })
+            return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
+          }
+          if (current !== undefined) {
+            const me = X509.parseCertIdentity(current.certPem)
+            const id = me._tag === "Right" ? me.right : undefined
+            const r = yield* AuthApiBus.call(bus, cfg.clusterName, "web.host_renew", {
+              host_id: id?.hostId ?? hostId,
+              node_name: id?.nodeName ?? os.hostname(),
+              role: "proxy",
+              tls_pub_key: keys.publicKeyPem
+            }).pipe(Effect.provideService(AuthApiBus.RpcCredentials, current))
+            return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
+          }
+          if (token === undefined) {
+            return yield* Effect.fail(new Error("a proxy without the auth role joins the cluster with --token (tctl tokens add --type=proxy)"))
+          }
+          const r = yield* AuthApiBus.call(bus, cfg.clusterName, "web.join", { token, role: "proxy", node_name: os.hostname(), tls_pub_key: keys.publicKeyPem })
+          return { certPem: r.tls_cert!, keyPem: keys.privateKeyPem }
+        })
+      let state = yield* issue(undefined).pipe(Effect.mapError((e) => new Error(`the proxy cannot get its identity: ${e.message}`)))
+      // Renewed at half its life, so a proxy that runs for weeks keeps a valid identity.
+      yield* Effect.forkScoped(
+        Effect.forever(
+          Effect.gen(function* () {
+            yield* Effect.sleep(Duration.millis(Math.max(1_000, Math.min(TunnelPool.renewAt(state.certPem) - Date.now(), 24 * 3600_000))))
+            if (Date.now() < TunnelPool.renewAt(state.certPem)) return
+            state = yield* issue(state).pipe(
+              Effect.tapError((e) => Effect.logWarning(`proxy identity renewal failed, retrying in 10 s: ${e.message}`)),
+              Effect.retry(Schedule.spaced(Duration.seconds(10)))
+            )
+            yield* Effect.logInfo("proxy identity renewed")
+          })
+        )
+      )
+      return {
+        get certPem() {
+          return state.certPem
+        },
+        get keyPem() {
+          return state.keyPem
+        }
+      }
+    })
   )
 
 const proxyLayer = (cfg: ResolvedConfig) => {
