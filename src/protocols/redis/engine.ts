@@ -185,17 +185,40 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
         )
       )
     )
-    const emit = (r: AuditRecord) => {
+    /**
+     * Records one command's audit event; false when it could not be written. With the agent's
+     * buffer (`appendAudit`) the record is in the file before the command goes upstream, so even
+     * killing the agent loses nothing that reached Redis; otherwise it goes through the queue.
+     */
+    const emit = (r: AuditRecord): boolean => {
+      if (ctx.appendAudit !== undefined) {
+        try {
+          ctx.appendAudit(r)
+          return true
+        } catch (e) {
+          auditFailure = e instanceof Error ? e.message : String(e)
+          return false
+        }
+      }
       backlog++
       Queue.unsafeOffer(audits, { record: r })
       if (backlog >= AUDIT_HIGH_WATER) relay.pauseClient("audit")
+      return true
     }
+    let auditFailure: string | undefined
 
-    const audited = (cmd: RedisCommand, extra: Record<string, unknown> = {}) => {
+    const audited = (cmd: RedisCommand, extra: Record<string, unknown> = {}): boolean => {
       const args = auditArgs(cmd)
-      emit(record(REDIS_COMMAND_EVENT, REDIS_COMMAND_CODE, { command: cmd.name, args, db_query: queryText(cmd.name, args), success: true, ...extra }))
+      return emit(record(REDIS_COMMAND_EVENT, REDIS_COMMAND_CODE, { command: cmd.name, args, db_query: queryText(cmd.name, args), success: true, ...extra }))
     }
     const decide = (cmd: RedisCommand): Decision => {
+      const decision = decideAudited(cmd)
+      if (auditFailure === undefined) return decision
+      // Nothing runs that is not in the audit log: the command is refused and the session ends.
+      const message = `the database agent cannot write its audit log (${auditFailure}); session ended`
+      return { reply: errorReply(message), end: message }
+    }
+    const decideAudited = (cmd: RedisCommand): Decision => {
       const auth = authDecision(cmd, dbUser)
       switch (auth.kind) {
         case "pass":

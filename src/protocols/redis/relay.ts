@@ -22,7 +22,10 @@ import { isSubscribeFamily, repliesOwed } from "./commands.ts"
 import type { ReplyMode } from "./commands.ts"
 
 /** What the engine does with one command. */
-export type Decision = { readonly forward: RedisCommand } | { readonly reply: Uint8Array }
+export type Decision =
+  | { readonly forward: RedisCommand }
+  /** Answer with `reply` instead; with `end`, the session then ends for that reason. */
+  | { readonly reply: Uint8Array; readonly end?: string }
 
 export type EndReason =
   | { readonly kind: "client-closed" }
@@ -175,6 +178,11 @@ export class RedisRelay {
       } else {
         this.send(out)
         out = []
+        if (d.end !== undefined) {
+          this.pauseClient("stopped")
+          this.reply(d.reply, { kind: "terminated", message: d.end })
+          return
+        }
         this.reply(d.reply, undefined)
       }
     }
