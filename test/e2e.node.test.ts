@@ -50,39 +50,19 @@ describe("SSH node agent with OpenSSH", () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "node-e2e-"))
     fs.chmodSync(dir, 0o755)
     local = createLocalUser(dir)
-    const roles = path.join(dir, "roles.yaml")
-    fs.writeFileSync(
-      roles,
-      [
-        "kind: role",
-        "version: v7",
-        "metadata: { name: node-dev }",
-        "spec:",
-        "  allow:",
-        "    logins: ['{{internal.logins}}']",
-        "    node_labels: { env: dev }",
-        "  deny:",
-        "    logins: [nobody]",
-        "    node_labels: { '*': '*' }",
-        "---",
-        "kind: role",
-        "version: v7",
-        "metadata: { name: node-prod }",
-        "spec:",
-        "  allow:",
-        "    logins: [root]",
-        "    node_labels: { env: prod }",
-        ""
-      ].join("\n")
-    )
-    const created = await c.tctl("create", roles)
-    expect(created.stderr).toBe("")
+    const role = (name: string, spec: unknown) =>
+      adminRpc(c, "roles.upsert", { role: { kind: "role", version: "v7", metadata: { name }, spec }, force: false })
+    await role("node-dev", {
+      allow: { logins: ["{{internal.logins}}"], node_labels: { env: "dev" } },
+      deny: { logins: ["nobody"], node_labels: { "*": "*" } }
+    })
+    await role("node-prod", { allow: { logins: ["root"], node_labels: { env: "prod" } } })
     // alice: a throwaway account, root, nobody (denied by a deny rule) and one that no host has.
     await adminRpc(c, "users.create", { name: "alice", roles: ["node-dev"], traits: { logins: [local.name, "root", "nobody", "ghost-login"] } })
     await adminRpc(c, "users.create", { name: "bob", roles: ["node-prod"], traits: { logins: ["root"] } })
     await adminRpc(c, "users.create", { name: "audrey", roles: ["auditor"], traits: {} })
-    n = await startNodeAgent(c, { name: "node-a", labels: "env=dev,team=a", dir })
-    alice = await signUser(c, "alice", path.join(dir, "alice"))
+    // The real `tctl auth sign --format=openssh` while the node agent starts.
+    ;[n, alice] = await Promise.all([startNodeAgent(c, { name: "node-a", labels: "env=dev,team=a", dir }), signUser(c, "alice", path.join(dir, "alice"))])
   }, 120_000)
 
   afterAll(async () => {
@@ -354,6 +334,28 @@ describe("SSH node agent with OpenSSH", () => {
     // The node saw the user's address as the proxy reported it, not the tunnel's.
     const exec = await awaitEvent("exec", (e) => e["command"] === "echo via-tunnel; exit 4")
     expect(exec["addr.remote"]).toBe("127.0.0.1")
+  })
+
+  it("follows a rotation of the user CA: the new key works at once, the old one stops when it is retired", async () => {
+    const old = alice
+    await adminRpc(c, "ca.rotate", { type: "user", phase: "init" })
+    await adminRpc(c, "ca.rotate", { type: "user", phase: "update_clients" })
+    const renewed = await signUserDirect(c, "alice", path.join(dir, "alice-rotated"))
+    expect(fs.readFileSync(renewed.cert, "utf8")).not.toBe(fs.readFileSync(old.cert, "utf8"))
+    // Signed by a CA key the node has not seen: it asks auth again and admits the user.
+    expect((await ssh(n, renewed, local.name, "echo new-ca")).stdout.trim()).toBe("new-ca")
+    expect((await ssh(n, old, local.name, "echo old-ca")).stdout.trim()).toBe("old-ca")
+    await adminRpc(c, "ca.rotate", { type: "user", phase: "update_servers" })
+    const deadline = Date.now() + 30_000
+    let r = await ssh(n, old, local.name, "true")
+    while (r.code === 0 && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 1_000))
+      r = await ssh(n, old, local.name, "true")
+    }
+    await refused(r, /untrusted CA/)
+    await adminRpc(c, "ca.rotate", { type: "user", phase: "standby" })
+    alice = renewed
+    await nodeStillServes()
   })
 
   it("keeps its identity and host key across a restart: no token needed, clients' pinned key still matches", async () => {

@@ -5,9 +5,10 @@
  * and on `ssh_service.listen_addr` when one is set, for direct access.
  *
  * What it learns from auth, through the proxy with its host certificate:
- *   - the user CA's SSH keys (`/v1/webapi/agent/ssh-user-cas`), refreshed every 30 s and at once
- *     when a certificate names a CA key we do not know (a rotation), cached in the data dir so a
- *     node cut off from the proxy still admits users it can check;
+ *   - the user CA's SSH keys (`/v1/webapi/agent/ssh-user-cas`), refreshed every 10 s (so a key a
+ *     rotation retires stops working here within that) and at once when a certificate names a CA
+ *     key we do not know (a rotation's new key), cached in the data dir so a node cut off from the
+ *     proxy still admits users it can check;
  *   - a user's current roles and traits (`/v1/webapi/agent/ssh-session`) at each login.
  * Audit events go to the durable buffer first and are uploaded in order, as the db agent does;
  * recordings are uploaded from `<data_dir>/recordings` (see protocols/ssh/recording.ts).
@@ -29,6 +30,8 @@ import * as TunnelPool from "./TunnelPool.ts"
 
 export const HOST_KEY_FILE = "ssh_host_ed25519_key"
 const USER_CA_CACHE = "user-ca.pub"
+/** How often the node asks for the user CA's keys: the longest a retired CA key still works here. */
+const CA_REFRESH_SECONDS = 10
 
 const decodeAccess = Schema.decodeUnknownSync(Schema.Struct({ roles: Schema.Array(Role), traits: Traits }))
 
@@ -141,8 +144,8 @@ export const make = (options: NodeAgentOptions) =>
     }
     yield* Effect.tryPromise(() => fetchCaKeys()).pipe(
       Effect.catchAll((e) => Effect.logDebug(`user CA refresh deferred: ${String(e)}`)),
-      Effect.repeat(Schedule.spaced(Duration.seconds(30))),
-      Effect.delay(Duration.seconds(30)),
+      Effect.repeat(Schedule.spaced(Duration.seconds(CA_REFRESH_SECONDS))),
+      Effect.delay(Duration.seconds(CA_REFRESH_SECONDS)),
       Effect.forkScoped
     )
 
