@@ -16,7 +16,9 @@
  * 15) after a 2 s warm-up, both paths alternately (`--runs` each, default 2; the best run counts).
  * QPS = completed queries / seconds; p50/p99 are nearest-rank percentiles of every query's time.
  *
- *   --text   COM_QUERY (`query`) instead of prepared statements (`execute`)
+ *   --text          COM_QUERY (`query`) instead of prepared statements (`execute`)
+ *   --cpu-prof=DIR  the cluster, the agent and the tsh/tctl runs write `node --cpu-prof` profiles
+ *                   to DIR (a diagnostic; not for the figures to quote)
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -41,6 +43,14 @@ const ROWS = arg("rows", 10_000)
 const RUNS = arg("runs", 2)
 const TEXT = process.argv.includes("--text")
 const WARMUP_MS = 2_000
+const CPU_PROF = process.argv.find((x) => x.startsWith("--cpu-prof="))?.slice(11)
+// Children inherit the environment: set before anything is started.
+if (CPU_PROF !== undefined) {
+  // Node refuses --cpu-prof in NODE_OPTIONS; bench/cpuProfile.mjs profiles through the inspector instead.
+  fs.mkdirSync(CPU_PROF, { recursive: true })
+  process.env["REMOTELER_CPU_PROFILE_DIR"] = path.resolve(CPU_PROF)
+  process.env["NODE_OPTIONS"] = `${process.env["NODE_OPTIONS"] ?? ""} --import=${path.resolve("bench/cpuProfile.mjs")}`.trim()
+}
 const log = (s: string) => console.error(`bench:mysql: ${s}`)
 
 interface Result {
