@@ -35,6 +35,12 @@
  *   --clients=N   pgbench -c (default 8), --threads=N pgbench -j (default 2)
  *   --agent-tmpfs put the db agent's data dir (its fsynced audit buffer) on /dev/shm: a diagnostic
  *                 of what the per-event fsync costs, not the configuration to quote
+ *
+ * Diagnostics (not for the figures to quote):
+ *   --paths=a,b   only these of direct,pgbouncer,remoteler (ratios need all three)
+ *   --no-copy     skip the COPY runs
+ *   --cpu-prof=DIR  the proxy and the db agent run with a CPU profiler (bench/cpuProfile.mjs), one
+ *                 profile per process written to DIR when it stops (Chrome's DevTools, speedscope)
  */
 import "reflect-metadata"
 import { execFileSync, spawn } from "node:child_process"
@@ -66,6 +72,17 @@ const CLIENTS = arg("clients", 8)
 const THREADS = arg("threads", 2)
 const ROW_BYTES = 1024
 const AGENT_TMPFS = process.argv.includes("--agent-tmpfs")
+const NO_COPY = process.argv.includes("--no-copy")
+const PATHS = (process.argv.find((x) => x.startsWith("--paths="))?.slice(8) ?? "direct,pgbouncer,remoteler").split(",")
+const CPU_PROF = process.argv.find((x) => x.startsWith("--cpu-prof="))?.slice(11)
+/** Environment for the proxy and agent processes: a CPU profiler (bench/cpuProfile.mjs) when asked for. */
+const profiledEnv = (): NodeJS.ProcessEnv =>
+  CPU_PROF === undefined
+    ? {}
+    : {
+        NODE_OPTIONS: `${process.env["NODE_OPTIONS"] ?? ""} --import ${path.join(import.meta.dirname, "cpuProfile.mjs")}`.trim(),
+        REMOTELER_CPU_PROFILE_DIR: path.resolve(CPU_PROF)
+      }
 const log = (s: string) => console.error(`bench:postgres: ${s}`)
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +209,13 @@ const agentPost = (port: number, agentDir: string, urlPath: string, body: unknow
 
 const setup = async (): Promise<Setup> => {
   log("starting remoteler (auth + proxy)")
-  const c = await startCluster("off")
+  // startCluster passes our environment on: the profiling options go to the server through it.
+  const savedNodeOptions = process.env["NODE_OPTIONS"]
+  Object.assign(process.env, profiledEnv())
+  const c = await startCluster("off").finally(() => {
+    if (savedNodeOptions === undefined) delete process.env["NODE_OPTIONS"]
+    else process.env["NODE_OPTIONS"] = savedNodeOptions
+  })
   onCleanup("cluster", () => stopCluster(c))
   const tmp = (name: string) => path.join(c.dir, name)
   const home = tempDir("bench-pg-home-")
@@ -245,7 +268,7 @@ const setup = async (): Promise<Setup> => {
   const agent: Service = startService(process.execPath, [
     bin("remoteler"), "start", "--roles=db", `--proxy=localhost:${c.port}`, "--data-dir", agentDir,
     `--db=name=pg1,protocol=postgres,uri=localhost:${pg.port},label=env:bench`, `--token=${token}`, `--ca-pin=${pin}`
-  ])
+  ], profiledEnv())
   onCleanup("db agent", () => agent.stop())
   await agent.waitFor(/db agent .* serving pg1/, 60_000)
 
@@ -437,6 +460,7 @@ const copyOut = async (label: string, conninfo: string, env: NodeJS.ProcessEnv =
 const round = (x: number, digits: number) => Number(x.toFixed(digits))
 
 const main = async () => {
+  if (CPU_PROF !== undefined) fs.mkdirSync(path.resolve(CPU_PROF), { recursive: true })
   const loadStart = os.loadavg()
   log(`${os.cpus().length} CPUs, load average ${loadStart.map((l) => l.toFixed(2)).join(" ")}`)
   const s = await setup()
@@ -461,12 +485,12 @@ const main = async () => {
   }
   const results: Record<string, Record<string, PgbenchResult>> = { direct: {}, pgbouncer: {}, remoteler: {} }
   for (const mode of ["simple", "prepared"] as const) {
-    for (const p of ["direct", "pgbouncer", "remoteler"] as const) results[p]![mode] = await paths[p](mode)
+    for (const p of ["direct", "pgbouncer", "remoteler"] as const) if (PATHS.includes(p)) results[p]![mode] = await paths[p](mode)
   }
 
   log(`COPY out, ${COPY_MIB} MiB, ${COPY_RUNS} run(s) per path, alternating`)
   const copies: { direct: Array<number>; remoteler: Array<number> } = { direct: [], remoteler: [] }
-  for (let i = 0; i < COPY_RUNS; i++) {
+  for (let i = 0; i < (NO_COPY ? 0 : COPY_RUNS); i++) {
     copies.direct.push(await copyOut("direct", s.directConninfo))
     copies.remoteler.push(await copyOut("remoteler", "service=main-pg1", s.remotelerEnv))
   }
@@ -483,12 +507,13 @@ const main = async () => {
   const loadEnd = os.loadavg()
 
   const ratio = (a: number, b: number) => round(a / b, 3)
+  const tpsOf = (p: string, m: string) => results[p]?.[m]?.tps ?? NaN
   const ratios = Object.fromEntries(
     (["simple", "prepared"] as const).map((m) => [
       m,
       {
-        remoteler_vs_pgbouncer_tps: ratio(results["remoteler"]![m]!.tps, results["pgbouncer"]![m]!.tps),
-        remoteler_vs_direct_tps: ratio(results["remoteler"]![m]!.tps, results["direct"]![m]!.tps)
+        remoteler_vs_pgbouncer_tps: ratio(tpsOf("remoteler", m), tpsOf("pgbouncer", m)),
+        remoteler_vs_direct_tps: ratio(tpsOf("remoteler", m), tpsOf("direct", m))
       }
     ])
   ) as Record<"simple" | "prepared", { remoteler_vs_pgbouncer_tps: number; remoteler_vs_direct_tps: number }>
@@ -499,7 +524,8 @@ const main = async () => {
   console.log(`${"path".padEnd(10)} ${"mode".padEnd(9)} ${"tps".padStart(9)} ${"avg ms".padStart(8)} ${"p99 ms".padStart(8)}`)
   for (const mode of ["simple", "prepared"] as const) {
     for (const p of ["direct", "pgbouncer", "remoteler"] as const) {
-      const r = results[p]![mode]!
+      const r = results[p]![mode]
+      if (r === undefined) continue
       console.log(`${p.padEnd(10)} ${mode.padEnd(9)} ${r.tps.toFixed(1).padStart(9)} ${r.avg_ms.toFixed(3).padStart(8)} ${r.p99_ms.toFixed(3).padStart(8)}`)
     }
     console.log(

@@ -22,6 +22,9 @@ export interface AgentDatabase extends SessionDatabase {
   readonly description?: string | undefined
 }
 
+/** Events per audit upload, at most (a batch also stays near 1 MiB). */
+const UPLOAD_MAX_EVENTS = 5_000
+
 const decodeRoles = Schema.decodeUnknownSync(Schema.Array(Role))
 
 export const make = (options: {
@@ -40,10 +43,12 @@ export const make = (options: {
     yield* Effect.addFinalizer(() => buffer.close)
 
     // Uploads the buffer in order; a failure leaves everything in place for the next round.
-    // Batches stay near 1 MiB, well inside what the proxy reads, however long the backlog.
+    // Batches stay near 1 MiB, well inside what the proxy reads, however long the backlog. A batch
+    // that is not full ends the round: under load the next 500 ms gather a big batch instead of a
+    // stream of small uploads (each a TLS handshake and a certificate check at the proxy).
     const upload = Effect.gen(function* () {
       for (;;) {
-        const { events, from, next } = yield* buffer.pending(200, 1024 * 1024)
+        const { events, from, next } = yield* buffer.pending(UPLOAD_MAX_EVENTS, 1024 * 1024)
         if (events.length === 0) {
           // Only unreadable (torn) lines: step over them, or they would hold back every later event.
           if (next === from) return
@@ -52,6 +57,7 @@ export const make = (options: {
         }
         yield* post("/v1/webapi/agent/events", { events })
         yield* buffer.acknowledge(next)
+        if (events.length < UPLOAD_MAX_EVENTS && next - from < 512 * 1024) return
       }
     })
     yield* upload.pipe(

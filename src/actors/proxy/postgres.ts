@@ -16,6 +16,8 @@ export const make = (ctx: ProxyContext) => {
     })
   const handle = (socket: TLSSocket) =>
     Effect.gen(function* () {
+      // One query, one answer: Nagle would hold an answer's second write for the client's delayed ACK.
+      socket.setNoDelay(true)
       const id = yield* ctx.socketIdentity(socket)
       if (Either.isLeft(id)) return yield* pgError(socket, "28000", id.left)
       const stream = yield* Effect.either(ctx.openDbSession(id.right, socket.remoteAddress))

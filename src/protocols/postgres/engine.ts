@@ -529,6 +529,7 @@ type EndReason =
   | { readonly kind: "client-protocol"; readonly error: ProtocolError }
   | { readonly kind: "upstream-closed"; readonly message: string }
   | { readonly kind: "expired" }
+  | { readonly kind: "audit-failed"; readonly message: string }
 
 interface PipeHooks {
   /** Called for each message the client sends, before its bytes go upstream. */
@@ -554,7 +555,13 @@ class SessionPipe {
     private readonly hooks: PipeHooks
   ) {}
 
+  /** True once the session is ending: nothing more goes upstream. */
+  get stopped(): boolean {
+    return this.ended || this.clientPauses.has("stopped")
+  }
+
   start(initialToClient: Uint8Array): void {
+    if (this.ended) return
     const { client, upstream } = this
     client.on("data", this.onClientData)
     client.once("end", this.onClientEnd)
@@ -625,6 +632,8 @@ class SessionPipe {
       }
       if (m.kind === "terminate") this.clientTerminated = true
       this.hooks.onClientMessage(m)
+      // A hook may end the session (the audit could not be written): then nothing goes upstream.
+      if (this.stopped) return
     }
     if (!this.upstream.write(bytes)) {
       this.pauseClient("upstream")
@@ -830,11 +839,25 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
         )
       )
     )
-    const emit = (r: AuditRecord) => {
-      backlog++
-      Queue.unsafeOffer(audits, { record: r })
-      if (backlog >= AUDIT_HIGH_WATER) pipe.pauseClient("audit")
-    }
+    const appendAudit = ctx.appendAudit
+    const emit =
+      appendAudit !== undefined
+        ? // The record is in the agent's buffer before the message that caused it is forwarded (the
+          // pipe writes upstream after its hooks ran); no queue, no await per query. A record that
+          // cannot be written ends the session: nothing runs that is not audited.
+          (r: AuditRecord) => {
+            try {
+              appendAudit(r)
+            } catch (e) {
+              const message = `cannot write the audit log: ${e instanceof Error ? e.message : String(e)}`
+              pipe.terminate(toErrorResponse({ severity: "FATAL", code: SqlState.InternalError, message }), { kind: "audit-failed", message })
+            }
+          }
+        : (r: AuditRecord) => {
+            backlog++
+            Queue.unsafeOffer(audits, { record: r })
+            if (backlog >= AUDIT_HIGH_WATER) pipe.pauseClient("audit")
+          }
 
     // Extended protocol: statement name -> SQL, portal -> SQL and parameters, audited on Execute.
     const statements = new Map<string, string>()
@@ -875,6 +898,7 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
     // Messages the client pipelined behind its StartupMessage: audited and sent on now.
     for (const m of first.right.extra) {
       onClientMessage(m)
+      if (pipe.stopped) break
       upstream.write(serializeFrontend(m))
     }
     const activePipe = pipe
@@ -915,7 +939,9 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
                 ? reason.error.detail
                 : reason.kind === "expired"
                   ? "certificate expired"
-                  : undefined
+                  : reason.kind === "audit-failed"
+                    ? reason.message
+                    : undefined
         yield* ctx.audit(record("db.session.end", "TDB01I", error === undefined ? {} : { reason: error }))
       })
 
