@@ -13,11 +13,11 @@ import * as path from "node:path"
 import * as tls from "node:tls"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { Cluster } from "./fixtures/cluster.ts"
-import { startCluster, stopCluster } from "./fixtures/cluster.ts"
+import { request, startCluster, stopCluster } from "./fixtures/cluster.ts"
 import type { NodeAgentProcess } from "./fixtures/node.ts"
-import { auditEvents, createLocalUser, signUserDirect, startNodeAgent } from "./fixtures/node.ts"
+import { adminRpc, auditEvents, createLocalUser, signUserDirect, startNodeAgent } from "./fixtures/node.ts"
 import { bin, freePort, run, startService } from "./fixtures/processes.ts"
-import { addUser, tshLogin } from "./fixtures/users.ts"
+import { PASSWORD, tshLogin } from "./fixtures/users.ts"
 
 describe("SSH through the proxy to node agents", () => {
   let c: Cluster
@@ -29,6 +29,14 @@ describe("SSH through the proxy to node agents", () => {
   let alice: Awaited<ReturnType<typeof tshLogin>>
   let bob: Awaited<ReturnType<typeof tshLogin>>
   const keysOf = (home: string) => path.join(home, "keys", "localhost")
+
+  /** `tctl users add` and the invite, through auth's admin socket and the proxy's API (no process start). */
+  const addUserDirect = async (name: string, roles: string) => {
+    const r = (await adminRpc(c, "users.create", { name, roles: [roles], traits: { logins: [account.name] } })) as { invite: { url: string } }
+    const token = /\/web\/invite\/([^\s/]+)/.exec(r.invite.url)![1]!
+    const done = await request(c.port, "POST", `/v1/webapi/invite/${token}`, { body: { password: PASSWORD } })
+    expect(done.status).toBe(200)
+  }
 
   /** Audit events of `type` that pass `pick`, waiting for the node's upload (it is asynchronous). */
   const eventually = async (type: string, pick: (e: Record<string, unknown>) => boolean) => {
@@ -66,20 +74,28 @@ describe("SSH through the proxy to node agents", () => {
       role,
       ["kind: role", "version: v7", "metadata:", "  name: dev-only", "spec:", "  allow:", "    logins: ['{{internal.logins}}']", "    node_labels: {env: dev}", ""].join("\n")
     )
-    // One at a time: each tctl run is a process start, and on a loaded machine parallel ones time out.
-    nodeA = await startNodeAgent(c, { name: "node-a", labels: "env=dev,team=x", dir })
-    nodeB = await startNodeAgent(c, { name: "node-b", labels: "env=prod", dir })
-    expect((await c.tctl("create", role)).code).toBe(0)
-    await addUser(c, "alice", "access", account.name)
-    await addUser(c, "bob", "dev-only", account.name)
-    ;[alice, bob] = await Promise.all([tshLogin(c, "alice"), tshLogin(c, "bob")])
+    // Nodes one after the other (each tctl run is a process start; on a loaded machine parallel
+    // ones time out), users beside them over auth's admin socket.
+    const nodes = (async () => {
+      nodeA = await startNodeAgent(c, { name: "node-a", labels: "env=dev,team=x", dir })
+      nodeB = await startNodeAgent(c, { name: "node-b", labels: "env=prod", dir })
+    })()
+    const users = (async () => {
+      expect((await c.tctl("create", role)).code).toBe(0)
+      await Promise.all([addUserDirect("alice", "access"), addUserDirect("bob", "dev-only")])
+      ;[alice, bob] = await Promise.all([tshLogin(c, "alice"), tshLogin(c, "bob")])
+    })()
+    await Promise.all([nodes, users])
     // The inventory learns of the nodes from the proxy's heartbeats.
+    const keys = keysOf(alice.home)
+    const cert = { cert: fs.readFileSync(path.join(keys, "alice.crt"), "utf8"), key: fs.readFileSync(path.join(keys, "alice.key"), "utf8") }
     const started = Date.now()
     while (Date.now() - started < 30_000) {
-      const ls = await alice.tsh(["ls"])
-      if (ls.stdout.includes("node-a") && ls.stdout.includes("node-b")) break
+      const r = await request(c.port, "GET", "/v1/webapi/nodes", cert)
+      if (r.body.includes("node-a") && r.body.includes("node-b")) break
+      await new Promise((res) => setTimeout(res, 500))
     }
-  }, 170_000)
+  }, 300_000)
 
   afterAll(async () => {
     await Promise.all([nodeA?.stop(), nodeB?.stop()])

@@ -31,6 +31,7 @@
  */
 import { createRequire } from "node:module"
 import { sign } from "node:crypto"
+import type { Duplex } from "node:stream"
 import * as tls from "node:tls"
 import { Data, Effect, Either } from "effect"
 import type { Scope } from "effect"
@@ -211,11 +212,12 @@ const certificateAuth = (creds: Credentials): Either.Either<{ key: object; insta
 }
 
 /**
- * An authenticated SSH session with the node over `sock` (from `dialProxy`), closed with the
+ * An authenticated SSH session with the node over `sock` (from `dialProxy`, or any stream to an
+ * SSH server), closed with the
  * scope. Fails with HostKey when the node's key is not the pinned one, Auth when the node refuses
  * the certificate for this login.
  */
-export const connect = (sock: tls.TLSSocket, o: SessionOptions): Effect.Effect<Client, SshClientError, Scope.Scope> =>
+export const connect = (sock: Duplex, o: SessionOptions): Effect.Effect<Client, SshClientError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.flatMap(certificateAuth(o.credentials), ({ key, install }) =>
       Effect.async<Client, SshClientError>((resume) => {

@@ -7,6 +7,7 @@
  *       known_hosts                              `@cert-authority` lines for the clusters' host CAs
  *       keys/<proxy>/                            0700
  *         certs.pem                              trusted TLS CA certificates (the host CA) for the proxy
+ *         known_hosts                            the nodes' pinned host keys, from the inventory (KnownHosts.ts)
  *         <user>.key                             ECDSA P-256 private key, PKCS#8 PEM (the TLS key)
  *         <user>.crt                             X.509 user certificate, PEM, for <user>.key
  *         <user>.ssh                             Ed25519 private key, OpenSSH format (the SSH key)
