@@ -131,6 +131,48 @@ const authLayer = (cfg: ResolvedConfig) => {
 }
 
 const DEFAULT_WEB_LISTEN = "0.0.0.0:3080"
+
+/**
+ * A db agent in the auth+proxy process. Its identity lives in `<data_dir>/db-agent`; the first
+ * start joins with a one-minute token it asks the local auth for, so the log shows the token and
+ * the join like any other agent's.
+ */
+const embeddedDbAgentLayer = (cfg: ResolvedConfig, databases: ReadonlyArray<DbAgent.AgentDatabase>, nodeName: string) =>
+  Layer.scopedDiscard(
+    Effect.gen(function* () {
+      // Provided by the auth layer this process runs (its type is erased where the roles are merged).
+      const local = yield* Effect.serviceOption(AuthServer.AuthServer)
+      if (local._tag === "None") return yield* Effect.fail(new Error("no auth service in this process"))
+      const auth = local.value
+      const dataDir = `${cfg.dataDir}/db-agent`
+      fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 })
+      const listen = cfg.proxy.web_listen_addr ?? DEFAULT_WEB_LISTEN
+      const host = listen.slice(0, listen.lastIndexOf(":"))
+      const proxy = `${host === "0.0.0.0" || host === "" || host === "[::]" ? "127.0.0.1" : host}:${listen.slice(listen.lastIndexOf(":") + 1)}`
+      const existing = AgentIdentity.load(dataDir)
+      const identity =
+        existing !== undefined && existing.role === "db" && Date.parse(existing.expires) > Date.now()
+          ? existing
+          : yield* Effect.gen(function* () {
+              const { token } = yield* auth["tokens.create"]({ roles: ["db"], ttl_seconds: 60 })
+              const keys = yield* X509.generateEcdsaKeyPair()
+              const r = yield* auth["web.join"]({ token, role: "db", node_name: nodeName, tls_pub_key: keys.publicKeyPem })
+              const joined: AgentIdentity.AgentIdentity = {
+                hostId: r.host_id,
+                nodeName,
+                role: "db",
+                certPem: r.tls_cert!,
+                keyPem: keys.privateKeyPem,
+                caPems: r.tls_ca_certs,
+                expires: r.expires
+              }
+              AgentIdentity.save(dataDir, joined)
+              return joined
+            })
+      yield* DbAgent.make({ dataDir, proxy, clusterName: cfg.clusterName, identity, databases })
+      yield* Console.log(`remoteler: db agent ${identity.hostId} (${identity.nodeName}) serving ${databases.map((d) => d.name).join(", ")} in this process`)
+    }).pipe(Effect.mapError((e) => new Error(`the embedded db agent cannot start: ${e.message}`)))
+  )
 const DEFAULT_SSH_LISTEN = "0.0.0.0:3023"
 const DEFAULT_MYSQL_LISTEN = "0.0.0.0:3036"
 
@@ -368,8 +410,11 @@ const start = Command.make(
           )
         )
       }
-      if (cfg.roles.has("db")) {
-        if (cfg.roles.size > 1) return yield* Effect.fail(new Error("run the db agent in a process of its own: --roles=db"))
+      const embeddedDb = cfg.roles.has("db") && cfg.roles.size > 1
+      if (embeddedDb && !(cfg.roles.has("auth") && cfg.roles.has("proxy"))) {
+        return yield* Effect.fail(new Error("the db agent runs in a process of its own (--roles=db) or beside auth and proxy (--roles=auth,proxy,db)"))
+      }
+      if (cfg.roles.has("db") && !embeddedDb) {
         yield* DataDir.acquire(cfg.dataDir)
         const databases = yield* agentDatabases(cfg, flags.db)
         const proxy = Option.getOrUndefined(flags.proxy) ?? cfg.proxyServer
@@ -404,12 +449,17 @@ const start = Command.make(
       if (cfg.roles.has("auth")) parts.push(authLayer(cfg))
       // The proxy starts after auth: it asks auth for its certificate over the bus.
       const base = Layer.mergeAll(Layer.empty, ...parts)
-      const app = cfg.roles.has("proxy")
+      const withProxy = cfg.roles.has("proxy")
         ? Layer.provideMerge(
             proxyLayer(cfg).pipe(Layer.provide(proxyCredentials(cfg, Option.getOrUndefined(flags.token) ?? cfg.authToken))),
             base
           )
         : base
+      // The embedded default can serve databases too: the agent joins the auth in this process
+      // and dials this process's proxy over loopback, exactly as a remote agent would.
+      const app = embeddedDb
+        ? Layer.provideMerge(embeddedDbAgentLayer(cfg, yield* agentDatabases(cfg, flags.db), Option.getOrUndefined(flags.nodename) ?? os.hostname()), withProxy)
+        : withProxy
       yield* Layer.launch(
         app.pipe(
           Layer.provide(busLayer(cfg)),
