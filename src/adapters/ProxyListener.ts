@@ -107,6 +107,8 @@ export const listen = (
         if (length === 8 && code === GSSENC_REQUEST) {
           buffered = buffered.subarray(8)
           socket.write("N")
+          // Whatever came with it (an SSLRequest, say) is looked at now, not when more bytes arrive.
+          if (buffered.length > 0) onData(Buffer.alloc(0))
           return
         }
         if (length === 16 && code === CANCEL_REQUEST) {
