@@ -59,7 +59,7 @@ describe("Redis through the proxy and a db agent", () => {
     return r
   }
   /** A raw TLS connection with the database certificate: what it reads until the proxy closes it (or `waitMs`). */
-  const raw = (bytes: string | Buffer, waitMs = 3_000) =>
+  const raw = (bytes: string | Buffer, waitMs = 3_000, until?: RegExp) =>
     new Promise<{ text: string; closed: boolean }>((resolve, reject) => {
       const f = dbFiles()
       const s = tls.connect({ host: "127.0.0.1", port: c.port, cert: fs.readFileSync(f.cert), key: fs.readFileSync(f.key), ca: fs.readFileSync(f.ca), servername: "localhost" })
@@ -68,7 +68,14 @@ describe("Redis through the proxy and a db agent", () => {
         s.destroy()
         resolve({ text, closed: false })
       }, waitMs)
-      s.on("data", (d: Buffer) => (text += d.toString("latin1")))
+      s.on("data", (d: Buffer) => {
+        text += d.toString("latin1")
+        if (until?.test(text) === true) {
+          clearTimeout(timer)
+          s.destroy()
+          resolve({ text, closed: false })
+        }
+      })
       s.on("error", reject)
       s.on("close", () => {
         clearTimeout(timer)
@@ -220,6 +227,10 @@ describe("Redis through the proxy and a db agent", () => {
     expect(carol.stdout).toMatch(/NOPERM access to db cache1 as db user carol denied by role no-carol \(deny\.db_users\)/)
     const hello = await cli(["HELLO", "3", "AUTH", "bob", "x"])
     expect(hello.stdout).toMatch(/NOPERM .*db user bob/)
+    // RESP3, pipelined: the refusal comes after the SUBSCRIBE confirmation (a push) and before
+    // the PING's answer, as Redis would order its own replies.
+    const resp3 = await raw("HELLO 3\r\nSUBSCRIBE ch3\r\nAUTH bob x\r\nPING\r\n", 20_000, /\+PONG\r\n$/)
+    expect(resp3.text).toMatch(/^%\d+\r\n[\s\S]*>3\r\n\$9\r\nsubscribe\r\n\$3\r\nch3\r\n:1\r\n-NOPERM [^\r]*db user bob[^\r]*\r\n\+PONG\r\n$/)
 
     expect((await tsh(["db", "login", "cache1", "--db-user=carol"])).code).toBe(0)
     const denied = await cli(["PING"])
@@ -245,7 +256,7 @@ describe("Redis through the proxy and a db agent", () => {
     expect(garbage.text).toMatch(/^-ERR Protocol error/)
     expect(garbage.closed).toBe(true)
     // An unknown command is Redis's business: an error reply, and the connection goes on.
-    const unknown = await raw("NOSUCHCOMMAND a b\r\nPING\r\n", 1_500)
+    const unknown = await raw("NOSUCHCOMMAND a b\r\nPING\r\n", 20_000, /\+PONG\r\n$/)
     expect(unknown.text).toMatch(/^-ERR unknown command 'NOSUCHCOMMAND'.*\r\n\+PONG\r\n$/)
     expect(unknown.closed).toBe(false)
 
