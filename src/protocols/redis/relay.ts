@@ -178,12 +178,15 @@ export class RedisRelay {
       } else {
         this.send(out)
         out = []
+        // Under CLIENT REPLY OFF|SKIP Redis would not answer this command either: neither do we.
+        const silent = this.replyMode !== "on"
+        if (this.replyMode === "skip") this.replyMode = "on"
         if (d.end !== undefined) {
           this.pauseClient("stopped")
           this.reply(d.reply, { kind: "terminated", message: d.end })
           return
         }
-        this.reply(d.reply, undefined)
+        if (!silent) this.reply(d.reply, undefined)
       }
     }
     this.send(out)
