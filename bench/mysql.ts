@@ -17,6 +17,8 @@
  * QPS = completed queries / seconds; p50/p99 are nearest-rank percentiles of every query's time.
  *
  *   --text          COM_QUERY (`query`) instead of prepared statements (`execute`)
+ *   --agent-tmpfs   the db agent's data dir (its audit buffer) on /dev/shm: a diagnostic of what
+ *                   the buffer's disk writes cost, not the configuration to quote
  *   --cpu-prof=DIR  the cluster, the agent and the tsh/tctl runs write `node --cpu-prof` profiles
  *                   to DIR (a diagnostic; not for the figures to quote)
  */
@@ -43,6 +45,7 @@ const ROWS = arg("rows", 10_000)
 const RUNS = arg("runs", 2)
 const TEXT = process.argv.includes("--text")
 const WARMUP_MS = 2_000
+const AGENT_TMPFS = process.argv.includes("--agent-tmpfs")
 const CPU_PROF = process.argv.find((x) => x.startsWith("--cpu-prof="))?.slice(11)
 // Children inherit the environment: set before anything is started.
 if (CPU_PROF !== undefined) {
@@ -98,13 +101,14 @@ const main = async () => {
   let db: MariaDb | undefined
   let agent: Service | undefined
   const home = fs.mkdtempSync(path.join(os.tmpdir(), "bench-mysql-home-"))
-  const stopAll = async () => {
+  let stopAll = async () => {
     await agent?.stop().catch(() => undefined)
     await db?.stop().catch(() => undefined)
     await stopCluster(c).catch(() => undefined)
     fs.rmSync(home, { recursive: true, force: true })
   }
   for (const sig of ["SIGINT", "SIGTERM"] as const) process.once(sig, () => void stopAll().finally(() => process.exit(130)))
+  // `stopAll` may grow (the agent's tmpfs dir); signals call the latest.
   try {
     const mysqlPort = await freePort()
     log("starting the cluster and MariaDB")
@@ -134,8 +138,17 @@ const main = async () => {
     const t = await check("tctl tokens add", cluster.tctl("tokens", "add", "--type=db"))
     const token = /--token=([0-9a-f]{32})/.exec(t.stdout)![1]!
     const pin = /--ca-pin=(sha256:[0-9a-f]{64})/.exec(t.stdout)![1]!
+    const agentDir = AGENT_TMPFS ? fs.mkdtempSync("/dev/shm/bench-mysql-agent-") : tmp("agent")
+    if (AGENT_TMPFS) {
+      const shm = agentDir
+      const prev = stopAll
+      stopAll = async () => {
+        await prev()
+        fs.rmSync(shm, { recursive: true, force: true })
+      }
+    }
     agent = startService(process.execPath, [
-      bin("remoteler"), "start", "--roles=db", `--proxy=localhost:${cluster.port}`, "--data-dir", tmp("agent"), `--token=${token}`, `--ca-pin=${pin}`,
+      bin("remoteler"), "start", "--roles=db", `--proxy=localhost:${cluster.port}`, "--data-dir", agentDir, `--token=${token}`, `--ca-pin=${pin}`,
       `--db=name=maria1,protocol=mysql,uri=localhost:${db.port}`
     ])
     await agent.waitFor(/db agent .* serving maria1/, 60_000)
