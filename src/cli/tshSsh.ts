@@ -151,7 +151,7 @@ export const configCommand = Command.make("config", {}, () =>
 // Sessions
 
 /** Dials the node through the proxy and authenticates, pinning its host key from the inventory. */
-const session = (p: Profiles.LoadedProfile, host: string, login: string): Effect.Effect<Client, TshSshError, Scope.Scope> =>
+const session = (p: Profiles.LoadedProfile, host: string, login: string, port = 0): Effect.Effect<Client, TshSshError, Scope.Scope> =>
   Effect.gen(function* () {
     // The inventory (for the pin) and the proxy's routing run side by side: one round trip, not two.
     const [nodes, sock] = yield* Effect.all(
@@ -164,7 +164,8 @@ const session = (p: Profiles.LoadedProfile, host: string, login: string): Effect
               tlsCert: p.tlsCert,
               tlsKey: p.tlsPrivateKeyPem,
               caCerts: p.caCerts,
-              target: { host, port: 0 }
+              // the port matters only for agentless nodes; a node agent serves SSH on its tunnel
+              target: { host, port }
             }),
             withMessage
           ),
@@ -338,7 +339,7 @@ const sshProgram = (argv: ReadonlyArray<string>) =>
   Effect.gen(function* () {
     const a = yield* parseSshArgs(argv)
     const p = yield* currentProfile
-    const client = yield* session(p, a.host, a.login ?? defaultLogin())
+    const client = yield* session(p, a.host, a.login ?? defaultLogin(), a.port ?? 0)
     for (const f of a.forwards) yield* localForward(client, f)
     if (a.noCommand) {
       // -N: only forward ports, until interrupted or the node goes away.
