@@ -19,6 +19,7 @@
  *   --clients=N      redis-benchmark -c (default 16)
  *   --requests=N     redis-benchmark -n for -P 1 (default 50000); -P 16 runs 8 times as many
  *   --agent-tmpfs    the db agent's data dir (its fsynced audit buffer) on /dev/shm (diagnostic)
+ *   --cpu-prof=DIR   the db agent runs with `node --cpu-prof`, its profile written to DIR when it stops
  */
 import "reflect-metadata"
 import { spawn } from "node:child_process"
@@ -39,6 +40,7 @@ const flag = (name: string, dflt: number): number => {
 const clients = flag("clients", 16)
 const requests = flag("requests", 50_000)
 const agentTmpfs = process.argv.includes("--agent-tmpfs")
+const cpuProf = process.argv.find((x) => x.startsWith("--cpu-prof="))?.slice("--cpu-prof=".length)
 const log = (s: string) => process.stderr.write(`${s}\n`)
 
 interface Figures {
@@ -92,6 +94,7 @@ const main = async () => {
     const pin = /--ca-pin=(sha256:[0-9a-f]{64})/.exec(t.stdout)![1]!
     const agentDir = agentTmpfs ? fs.mkdtempSync("/dev/shm/bench-agent-") : path.join(c.dir, "agent")
     agent = startService(process.execPath, [
+      ...(cpuProf === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", cpuProf]),
       bin("remoteler"), "start", "--roles=db", `--proxy=localhost:${c.port}`, "--data-dir", agentDir, `--token=${token}`, `--ca-pin=${pin}`,
       `--db=name=cache1,protocol=redis,uri=localhost:${redis.port}`
     ])
