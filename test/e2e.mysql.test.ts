@@ -76,6 +76,20 @@ describe("MySQL through the proxy and a db agent", () => {
   const connect2 = (database = "app") =>
     mysql.createConnection({ host: "localhost", port: mysqlPort, user: "alice", database, ssl: certFiles() })
 
+  /** A certificate for `dbUser` on maria1, asked of the proxy as tsh db login does (alice's login certificate, mTLS), as HOME/<dbUser>.crt/.key. */
+  const dbCertFor = async (dbUser: string) => {
+    const keys = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" })
+    const userDir = path.join(c.tshHome, "keys", "localhost")
+    const res = await request(c.port, "POST", "/v1/webapi/db/certs", {
+      body: { service_name: "maria1", db_user: dbUser, db_name: "app", tls_pub_key: keys.publicKey.export({ type: "spki", format: "pem" }) },
+      cert: fs.readFileSync(path.join(userDir, "alice.crt"), "utf8"),
+      key: fs.readFileSync(path.join(userDir, "alice.key"), "utf8")
+    })
+    expect(res.status).toBe(200)
+    fs.writeFileSync(path.join(home, `${dbUser}.crt`), (JSON.parse(res.body) as { tls_cert: string }).tls_cert)
+    fs.writeFileSync(path.join(home, `${dbUser}.key`), keys.privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 })
+  }
+
   const startAgent = async (extra: ReadonlyArray<string>) => {
     const s = startService(process.execPath, [
       bin("remoteler"), "start", "--roles=db", `--proxy=localhost:${c.port}`, "--data-dir", tmp("agent"),
@@ -100,11 +114,14 @@ describe("MySQL through the proxy and a db agent", () => {
         "CREATE USER alice@'%' REQUIRE X509",
         "GRANT ALL ON app.* TO alice@'%'",
         "GRANT ALL ON other.* TO alice@'%'",
+        // The agent's certificate for carol has the subject CN=carol, STREET=<cluster> (see src/adapters/x509.ts).
+        "CREATE USER carol@'%' REQUIRE SUBJECT '/CN=carol/street=main'",
+        "GRANT SELECT ON app.* TO carol@'%'",
         "CREATE USER bob@'%' REQUIRE X509",
         "GRANT ALL ON *.* TO bob@'%'"
       ].join("; ")
     )
-    expect((await c.tctl("users", "add", "alice", "--roles=access", "--logins=alice", "--db-users=alice", "--db-names=app")).code).toBe(0)
+    expect((await c.tctl("users", "add", "alice", "--roles=access", "--logins=alice", "--db-users=alice,carol", "--db-names=app")).code).toBe(0)
     expect((await node(bin("tctl"), ["--data-dir", `${c.dir}/data`, "users", "set-password", "alice"], { input: "correct horse battery\n" })).code).toBe(0)
     const t = await c.tctl("tokens", "add", "--type=db")
     const token = /--token=([0-9a-f]{32})/.exec(t.stdout)![1]!
@@ -205,6 +222,19 @@ describe("MySQL through the proxy and a db agent", () => {
     expectAudit("a query over the ALPN path", "db.session.query", (q) => q["db_query"] === "SELECT ? + 1 AS n" && JSON.stringify(q["db_query_parameters"]) === '["41"]')
   })
 
+  it("tsh proxy db --tunnel: a local listener any MySQL client reaches without certificates", async () => {
+    const tunnel = startService(process.execPath, [bin("tsh"), "proxy", "db", "--tunnel", "maria1"], env())
+    try {
+      const line = await tunnel.waitFor(/on 127\.0\.0\.1:\d+/, 60_000)
+      const port = /:(\d+)$/.exec(line)![1]!
+      const r = await run("mysql", ["--no-defaults", "--protocol=TCP", "-h", "127.0.0.1", "-P", port, "-u", "alice", "-N", "-B", "app", "-e", "SELECT CONCAT('through ', 'the tunnel')"])
+      expect(r.stderr).toBe("")
+      expect(r.stdout.trim()).toBe("through the tunnel")
+    } finally {
+      await tunnel.stop()
+    }
+  })
+
   it("refuses a database name the roles do not allow: at connect, on COM_INIT_DB and on USE; the session goes on", async () => {
     const initial = await mysqlCli(["--database=other", "-e", "SELECT 1"])
     expect(initial.code).not.toBe(0)
@@ -234,18 +264,15 @@ describe("MySQL through the proxy and a db agent", () => {
     expectAudit("the refused USE", "db.session.query", (q) => q["db_query"] === "USE other" && q["success"] === false)
   })
 
+  it("logs in as a MariaDB user that requires the certificate's subject (REQUIRE SUBJECT)", async () => {
+    await dbCertFor("carol")
+    const r = await mysqlCli(["--user=carol", `--ssl-cert=${path.join(home, "carol.crt")}`, `--ssl-key=${path.join(home, "carol.key")}`, "-e", "SELECT CURRENT_USER()"])
+    expect(r.stderr).toBe("")
+    expect(r.stdout.trim()).toBe("carol@%")
+  })
+
   it("refuses a database user the roles do not allow, naming the user, the database and the rule", async () => {
-    // A certificate for db user bob, asked of the proxy as tsh db login does (alice's login certificate, mTLS).
-    const keys = crypto.generateKeyPairSync("ec", { namedCurve: "P-256" })
-    const userDir = path.join(c.tshHome, "keys", "localhost")
-    const res = await request(c.port, "POST", "/v1/webapi/db/certs", {
-      body: { service_name: "maria1", db_user: "bob", db_name: "app", tls_pub_key: keys.publicKey.export({ type: "spki", format: "pem" }) },
-      cert: fs.readFileSync(path.join(userDir, "alice.crt"), "utf8"),
-      key: fs.readFileSync(path.join(userDir, "alice.key"), "utf8")
-    })
-    expect(res.status).toBe(200)
-    fs.writeFileSync(path.join(home, "bob.crt"), (JSON.parse(res.body) as { tls_cert: string }).tls_cert)
-    fs.writeFileSync(path.join(home, "bob.key"), keys.privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 })
+    await dbCertFor("bob")
     const r = await mysqlCli(["--user=bob", `--ssl-cert=${path.join(home, "bob.crt")}`, `--ssl-key=${path.join(home, "bob.key")}`, "-e", "SELECT 1"])
     expect(r.code).not.toBe(0)
     expect(r.stderr).toMatch(/1045/)

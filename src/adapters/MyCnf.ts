@@ -11,9 +11,11 @@
  */
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
+import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { randomBytes } from "node:crypto"
+import * as tls from "node:tls"
 import { constants } from "node:os"
 import { removeWhere, upsert } from "./PgServiceFile.ts"
 import type { Entries } from "./PgServiceFile.ts"
@@ -173,3 +175,52 @@ export const runClient = (cluster: string, db: string, extraArgs: ReadonlyArray<
     }
     start("mysql", "mariadb")
   })
+
+/** Where `tsh proxy db --tunnel` sends a MySQL connection: the proxy's web port, with the database certificate. */
+export interface TunnelTarget {
+  readonly host: string
+  readonly port: number
+  readonly ca: string
+  readonly cert: string
+  readonly key: string
+}
+
+/**
+ * `tsh proxy db --tunnel` for MySQL: one local plaintext client, carried to the proxy's web port
+ * in TLS with ALPN `remoteler-mysql` and the database certificate. The proxy speaks first inside
+ * TLS (its greeting reaches the local client untouched), so bytes are only piped. A proxy that
+ * cannot be reached gets the local client an ERR packet in place of a greeting.
+ */
+export const tunnelConnection = (client: net.Socket, target: TunnelTarget, log: (line: string) => void): void => {
+  client.on("error", () => client.destroy())
+  client.setNoDelay(true)
+  const where = `${target.host.includes(":") ? `[${target.host}]` : target.host}:${target.port}`
+  const server = tls.connect({
+    host: target.host,
+    port: target.port,
+    ...(net.isIP(target.host) === 0 ? { servername: target.host } : {}),
+    ca: target.ca,
+    cert: target.cert,
+    key: target.key,
+    ALPNProtocols: ["remoteler-mysql"]
+  })
+  let ready = false
+  server.once("secureConnect", () => {
+    ready = true
+    server.setNoDelay(true)
+    if (client.destroyed) return void server.destroy()
+    client.pipe(server)
+    server.pipe(client)
+    client.on("close", () => server.destroy())
+    server.on("close", () => client.destroy())
+  })
+  server.on("error", (e) => {
+    if (ready) return client.destroy()
+    log(`ERROR: TLS to proxy ${where} failed: ${e.message}`)
+    // ERR (0xff, code 2003 "can't connect", '#HY000') as the first packet, which clients print.
+    const message = Buffer.from(`tsh proxy db: cannot reach proxy ${where}: ${e.message}`)
+    const payload = Buffer.concat([Buffer.from([0xff, 0xd3, 0x07, 0x23]), Buffer.from("HY000"), message])
+    const header = Buffer.from([payload.length & 0xff, (payload.length >> 8) & 0xff, payload.length >> 16, 0])
+    client.end(Buffer.concat([header, payload]))
+  })
+}

@@ -578,7 +578,9 @@ const proxyDb = Command.make(
           const s = net.createServer((c) => {
             sockets.add(c)
             c.on("close", () => sockets.delete(c))
-            tunnelConnection(c, () => target, (line) => process.stderr.write(`${line}\n`))
+            const log = (line: string) => process.stderr.write(`${line}\n`)
+            if (l.info.protocol === "mysql") MyCnf.tunnelConnection(c, target, log)
+            else tunnelConnection(c, () => target, log)
           })
           s.once("error", (e) => resume(Effect.fail(fail(`cannot listen on 127.0.0.1:${o.port}: ${e.message}`))))
           s.listen(o.port, "127.0.0.1", () => resume(Effect.succeed(s)))
@@ -590,6 +592,11 @@ const proxyDb = Command.make(
           })
       )
       const port = (server.address() as net.AddressInfo).port
+      if (l.info.protocol === "mysql") {
+        const cmd = `mysql --protocol=TCP -h 127.0.0.1 -P ${port} -u ${l.info.db_user}${l.info.db_name !== undefined ? ` ${l.info.db_name}` : ""}`
+        yield* Console.log(`Started authenticated tunnel for the MySQL database "${o.db}" in cluster "${l.cluster}" on 127.0.0.1:${port}.\n\nUse the following command to connect to the database or to the address above using other database GUI client:\n  $ ${cmd}\n`)
+        return yield* Effect.never
+      }
       const url = `postgres://${encodeURIComponent(l.info.db_user)}@127.0.0.1:${port}${l.info.db_name !== undefined ? `/${encodeURIComponent(l.info.db_name)}` : ""}`
       yield* Console.log(
         [
