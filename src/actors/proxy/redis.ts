@@ -31,6 +31,8 @@ export const make = (ctx: ProxyContext) => {
   const handle = (socket: TLSSocket) =>
     Effect.gen(function* () {
       socket.pause()
+      // Replies are small and answer requests one by one: Nagle would hold each behind an ACK.
+      socket.setNoDelay(true)
       const id = yield* ctx.socketIdentity(socket)
       if (Either.isLeft(id)) return yield* refuse(socket, id.left, "NOPERM")
       const route = id.right.routeToDatabase
