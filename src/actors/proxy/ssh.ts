@@ -275,7 +275,12 @@ export const make = (ctx: ProxyContext, settings: SshFrontSettings = {}) => {
                 Effect.sync(() => {
                   const channel = accept()
                   if (channel !== undefined) {
-                    void ctx.run(recording.serve({ stream: channel, user: who, node, remoteAddr: info.ip }).pipe(Effect.catchAll(() => Effect.sync(() => channel.destroy()))))
+                    void ctx.run(
+                      recording.serve({ stream: channel, user: who, node, remoteAddr: info.ip }).pipe(
+                        Effect.catchAll((e) => Effect.logWarning(`ssh proxy: ${who} -> ${node.name}: ${e.message}`).pipe(Effect.zipRight(Effect.sync(() => channel.destroy())))),
+                        Effect.catchAllDefect((d) => Effect.logError("ssh proxy: agentless session failed", d).pipe(Effect.zipRight(Effect.sync(() => channel.destroy()))))
+                      )
+                    )
                   }
                   return undefined
                 })

@@ -320,6 +320,7 @@ export const make = (ctx: ProxyContext) => {
     let pty: PseudoTtyInfo | undefined
     const env: Record<string, string> = {}
     let up: ClientChannel | undefined
+    let opening = false
     let recorder: Recorder | undefined
     const base = {
       user: conn.user,
@@ -347,12 +348,22 @@ export const make = (ctx: ProxyContext) => {
     })
 
     const start = (kind: "exec" | "shell" | "subsystem", arg: string | undefined, acceptChannel: () => ServerChannel, reject: () => void) => {
-      if (up !== undefined) return reject()
+      if (up !== undefined || opening) return reject()
+      opening = true
       const ptyOpts = pty === undefined ? undefined : { term: pty.term ?? "xterm", rows: pty.rows, cols: pty.cols, width: pty.width, height: pty.height, modes: pty.modes }
+      // Accepted at once: ssh2 cannot accept a request once the client has sent EOF, which OpenSSH
+      // does right after `exec` when its stdin is empty. What the user sends waits in the channel
+      // until the upstream channel is open; if that fails, the user hears why on stderr.
+      const channel = acceptChannel()
+      if (channel === undefined) return
+      channel.pause()
       const opened = (err: Error | undefined, ch: ClientChannel) => {
-        if (err !== undefined && err !== null) return reject()
+        if (err !== undefined && err !== null) {
+          channel.stderr.write(`remoteler: node ${conn.node.name} refused the ${kind} request: ${err.message}\r\n`)
+          channel.exit(255)
+          return channel.end()
+        }
         up = ch
-        const channel = acceptChannel()
         const sid = randomUUID()
         const interactive = pty !== undefined && kind !== "subsystem"
         const startedAt = new Date().toISOString()
@@ -375,6 +386,7 @@ export const make = (ctx: ProxyContext) => {
         ch.pipe(channel, { end: false })
         ch.stderr.pipe(channel.stderr, { end: false })
         channel.pipe(ch)
+        channel.resume()
         channel.on("error", () => ch.close())
         ch.on("error", () => channel.close())
         let exit: { code?: number; signal?: string; core?: boolean; message?: string } = {}
@@ -426,8 +438,12 @@ export const make = (ctx: ProxyContext) => {
     const timer = setTimeout(() => {
       if (upstream === undefined) client.end()
     }, AUTH_TIMEOUT_MS)
+    let userGone = false
+    conn.stream.once("end", () => (userGone = true))
+    client.on("end", () => (userGone = true))
     client.on("error", () => undefined)
     client.on("close", () => {
+      userGone = true
       clearTimeout(timer)
       void Effect.runPromise(Scope.close(scope, Exit.void))
     })
@@ -453,7 +469,12 @@ export const make = (ctx: ProxyContext) => {
           }
           upstream = opened.right.client
           login = auth.username
-          upstream.on("close", () => client.end())
+          yield* Effect.logDebug(`agentless node ${conn.node.name}: ${conn.user} logged in as ${login} through ${opened.right.node.addr}`)
+          // The sshd went away first (it stopped, or dropped us): end the user's connection too. When
+          // the user's side is the one closing, saying goodbye to it would only print as an error.
+          upstream.on("close", () => {
+            if (!userGone) client.end()
+          })
           auth.accept()
         }).pipe(
           Effect.catchAll((e) => Effect.logWarning(`agentless node ${conn.node.name}: cannot check a certificate now: ${e.message}`).pipe(Effect.zipRight(Effect.sync(() => auth.reject(["publickey"]))))),
