@@ -165,8 +165,8 @@ const errFor = (reason: EngineError["reason"]): readonly [number, string] => {
     case "UpstreamTls":
     case "UpstreamClosed":
     case "Timeout":
-      // ER_CONNECTION_KILLED-like: 2013 is the client's "lost connection", 1159/1161 are timeouts; 2003-ish cannot come from a server.
-      return [1045, "08S01"]
+      // CR_CONN_HOST_ERROR ("Can't connect to MySQL server"): what the client would say had it dialed the database itself.
+      return [2003, "HY000"]
   }
 }
 
