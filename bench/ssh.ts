@@ -12,7 +12,9 @@
  *
  * Figures:
  *   stream   N bytes of zeros piped into `... 'cat > /dev/null'` (wall time of the client process,
- *            session set-up included; at 1 GiB that is noise), MB/s = bytes / 1e6 / s.
+ *            session set-up included; at 1 GiB that is noise), MB/s = bytes / 1e6 / s. A third
+ *            path, OpenSSH's `ssh` with the `tsh config` block (ProxyCommand `tsh proxy ssh`),
+ *            tells the cost of tsh's ssh2 client apart from the proxy, tunnel and node agent.
  *   scp      an N-byte file (in /dev/shm, so the disk is not measured) copied to the node's
  *            /dev/null with `scp` (SFTP, OpenSSH ≥ 9) and `tsh scp` (SFTP).
  *   setup    M sequential `ssh host true` / `tsh ssh node true`, each a new process: p50 and p99
@@ -24,7 +26,7 @@
  *   --runs=N      throughput runs per path, alternating; the best counts (default 1)
  */
 import "reflect-metadata"
-import { spawn } from "node:child_process"
+import { execFileSync, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -80,6 +82,8 @@ const main = async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "bench-ssh-"))
   fs.chmodSync(dir, 0o755)
   const account = createLocalUser(dir)
+  // useradd leaves the password field "!", which sshd (UsePAM no) reads as a locked account.
+  execFileSync("usermod", ["-p", "*", account.name])
   const payload = path.join("/dev/shm", `bench-ssh-${process.pid}.bin`)
   try {
     log("starting the cluster, a node agent and a stock sshd")
@@ -114,7 +118,14 @@ const main = async () => {
     }
     await timed(`${direct} true`)
 
-    const best = { stream: { direct: Infinity, remoteler: Infinity }, scp: { direct: Infinity, remoteler: Infinity } }
+    const cfg = path.join(dir, "ssh_config")
+    fs.writeFileSync(cfg, (await alice.tsh(["config"])).stdout)
+    const viaOpenSsh = `ssh -F ${q(cfg)} -o BatchMode=yes -l ${account.name} node-a.main`
+    await timed(`${viaOpenSsh} true`, { HOME: dir })
+    const best = {
+      stream: { direct: Infinity, remoteler: Infinity, openssh_via_proxy: Infinity },
+      scp: { direct: Infinity, remoteler: Infinity }
+    }
     fs.writeFileSync(payload, Buffer.alloc(0))
     {
       const fd = fs.openSync(payload, "w")
@@ -126,9 +137,11 @@ const main = async () => {
       log(`stream run ${run}/${RUNS}: ${MIB} MiB through 'cat > /dev/null'`)
       const d = await timed(`head -c ${BYTES} /dev/zero | ${direct} 'cat > /dev/null'`)
       const r = await timed(`head -c ${BYTES} /dev/zero | ${viaTsh} 'cat > /dev/null'`, tshEnv)
-      log(`  direct ${round(mbps(d))} MB/s, remoteler ${round(mbps(r))} MB/s`)
+      const o = await timed(`head -c ${BYTES} /dev/zero | ${viaOpenSsh} 'cat > /dev/null'`, { HOME: dir })
+      log(`  direct ${round(mbps(d))} MB/s, remoteler ${round(mbps(r))} MB/s, openssh through the proxy ${round(mbps(o))} MB/s`)
       best.stream.direct = Math.min(best.stream.direct, d)
       best.stream.remoteler = Math.min(best.stream.remoteler, r)
+      best.stream.openssh_via_proxy = Math.min(best.stream.openssh_via_proxy, o)
       log(`scp run ${run}/${RUNS}: a ${MIB} MiB file to /dev/null`)
       const sd = await timed(`scp -q ${sshOpts} -P ${sshd.port} ${q(payload)} ${account.name}@127.0.0.1:/dev/null`)
       const sr = await timed(`${tsh} scp ${q(payload)} ${account.name}@node-a:/dev/null`, tshEnv)
@@ -149,7 +162,11 @@ const main = async () => {
       mib: MIB,
       runs: RUNS,
       load_average_1m: round(os.loadavg()[0]!, 2),
-      stream_mb_s: { direct: round(mbps(best.stream.direct)), remoteler: round(mbps(best.stream.remoteler)) },
+      stream_mb_s: {
+        direct: round(mbps(best.stream.direct)),
+        remoteler: round(mbps(best.stream.remoteler)),
+        openssh_via_proxy: round(mbps(best.stream.openssh_via_proxy))
+      },
       stream_ratio: round(best.stream.direct / best.stream.remoteler, 3),
       scp_mb_s: { direct: round(mbps(best.scp.direct)), remoteler: round(mbps(best.scp.remoteler)) },
       scp_ratio: round(best.scp.direct / best.scp.remoteler, 3),
