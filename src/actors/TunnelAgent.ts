@@ -21,6 +21,7 @@ import {
   ALPN,
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_STREAM_WINDOW,
+  MAX_FRAME_SIZE,
   Header,
   Path,
   ResourcesReply,
@@ -71,9 +72,9 @@ export interface TunnelAgentOptions<R = never> {
   readonly connectTimeoutMs?: number
   /** How long a `GET /resources` long poll waits for a change before answering anyway. Default 25 s. */
   readonly longPollMs?: number
-  /** HTTP/2 initial stream window. Default 4 MiB. */
+  /** HTTP/2 initial stream window. Default `DEFAULT_STREAM_WINDOW` (8 MiB). */
   readonly streamWindow?: number
-  /** HTTP/2 connection window. Default 32 MiB. */
+  /** HTTP/2 connection window. Default `DEFAULT_CONNECTION_WINDOW` (8 MiB). */
   readonly connectionWindow?: number
 }
 
@@ -246,7 +247,7 @@ export const make = <R = never>(options: TunnelAgentOptions<R>): Effect.Effect<T
       yield* Effect.addFinalizer(() => Ref.set(current, Option.none()))
 
       const run = yield* FiberSet.makeRuntime<R>()
-      const server = http2.createServer({ settings: { initialWindowSize: streamWindow, enablePush: false } })
+      const server = http2.createServer({ settings: { initialWindowSize: streamWindow, enablePush: false, maxFrameSize: MAX_FRAME_SIZE } })
       let session: http2.ServerHttp2Session | undefined
       let lastPing = 0
       const settings = yield* Deferred.make<void>()

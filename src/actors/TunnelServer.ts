@@ -38,6 +38,7 @@ import {
   ALPN,
   DEFAULT_CONNECTION_WINDOW,
   DEFAULT_STREAM_WINDOW,
+  MAX_FRAME_SIZE,
   DialTarget,
   Header,
   Path,
@@ -136,9 +137,9 @@ export interface TunnelServerOptions {
   readonly dialTimeoutMs?: number
   /** Time for a new agent to answer its first `GET /resources`. Default 10 s. */
   readonly handshakeTimeoutMs?: number
-  /** HTTP/2 initial stream window (SETTINGS_INITIAL_WINDOW_SIZE). Default 4 MiB. */
+  /** HTTP/2 initial stream window (SETTINGS_INITIAL_WINDOW_SIZE). Default `DEFAULT_STREAM_WINDOW` (8 MiB). */
   readonly streamWindow?: number
-  /** HTTP/2 connection window. Default 32 MiB. */
+  /** HTTP/2 connection window. Default `DEFAULT_CONNECTION_WINDOW` (8 MiB). */
   readonly connectionWindow?: number
 }
 
@@ -420,7 +421,7 @@ export const make = (options: TunnelServerOptions = {}): Effect.Effect<TunnelSer
         socket.setKeepAlive(true, interval)
         const session = http2.connect("http://remoteler-agent", {
           createConnection: () => socket,
-          settings: { initialWindowSize: streamWindow, enablePush: false }
+          settings: { initialWindowSize: streamWindow, enablePush: false, maxFrameSize: MAX_FRAME_SIZE }
         })
         session.on("error", noop)
         try {

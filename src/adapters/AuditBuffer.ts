@@ -14,10 +14,12 @@
  *   Sessions call it on the query's path, before the query is forwarded, so nothing reaches the
  *   database that is not in the buffer first.
  * - Surviving the machine's death (power loss, kernel panic) needs an fsync. That runs grouped, on
- *   libuv's thread pool, started as soon as there is something new and again as soon as the last
- *   one finished: one fsync covers every line written before it began, the event loop never waits
- *   on the disk, and a line is durable within about two fsync times of its write. `append` and
- *   `flush` wait for that fsync, for callers that want it (session start and end, shutdown).
+ *   libuv's thread pool: one fsync covers every line written before it began, started when there
+ *   is something new, at most one at a time and at most one per `SYNC_INTERVAL_MS` (each one wakes
+ *   the event loop and a pool thread, which under thousands of queries a second cost more CPU than
+ *   the writes). The event loop never waits on the disk, and a line is durable within
+ *   `SYNC_INTERVAL_MS` plus two fsync times of its write. `append` and `flush` wait for that
+ *   fsync, for callers that want it (session start and end, shutdown).
  * - Nothing on the event loop fsyncs, renames or reads the disk synchronously while sessions run,
  *   other than the `write` itself; acknowledging an upload persists the offset on the thread pool.
  */
@@ -35,6 +37,9 @@ export interface BufferedEvent {
 }
 
 export type EventDraft = Omit<BufferedEvent, "id" | "time">
+
+/** Least time from one fsync's start to the next one's; see the module comment. */
+const SYNC_INTERVAL_MS = 10
 
 export const open = (dataDir: string) => {
   const file = path.join(dataDir, "audit-buffer.jsonl")
@@ -64,11 +69,22 @@ export const open = (dataDir: string) => {
   let written = 0
   let synced = 0
   let syncing = false
+  let lastSyncAt = 0
+  let timer: ReturnType<typeof setTimeout> | undefined
   let syncError: Error | undefined
   let waiters: Array<{ readonly upTo: number; readonly done: (failure?: Error) => void }> = []
   const sync = () => {
-    if (syncing || synced === written) return
+    if (syncing || timer !== undefined || synced === written) return
+    const wait = lastSyncAt + SYNC_INTERVAL_MS - Date.now()
+    if (wait > 0) {
+      timer = setTimeout(() => {
+        timer = undefined
+        sync()
+      }, wait)
+      return
+    }
     syncing = true
+    lastSyncAt = Date.now()
     const upTo = written
     fs.fsync(fd, (err) => {
       syncing = false
@@ -172,6 +188,9 @@ export const open = (dataDir: string) => {
     })
 
   const close = Effect.sync(() => {
+    if (timer !== undefined) clearTimeout(timer)
+    // Whatever the grouped fsync had not reached yet.
+    if (syncError === undefined && synced !== written) fs.fsyncSync(fd)
     fs.closeSync(readFd)
     fs.closeSync(fd)
   })
