@@ -3,7 +3,7 @@
  * PostgreSQL (the event store) and one authenticated nats-server with JetStream, a db agent that
  * joins through one proxy and keeps a tunnel to both, a PostgreSQL database behind it, and the
  * example SIEM consumer. Killing an auth process, then a proxy, then restarting NATS interrupts
- * nobody's logins or psql sessions; afterwards the chain verifies, every query is in the audit
+ * nobody's logins or psql sessions; a NATS outage fails logins clearly and loses nothing; afterwards the chain verifies, every query is in the audit
  * index of both auth instances exactly once, and the SIEM got every event once, in order.
  * Host certificates of agents and proxies live three minutes here, so the agent renews its certificate meanwhile.
  */
@@ -177,6 +177,19 @@ describe("two auth services, two proxies, one db agent, on PostgreSQL and NATS",
     expect(after).toBe(true)
   })
 
+  it("a NATS outage fails logins with a clear error, loses nothing committed, and the outbox catches up", async () => {
+    const port = proxies.get("proxyB")!.port
+    const login = () => tsh(["login", `--proxy=localhost:${port}`, "--user=alice", "--insecure"], "correct horse battery\n")
+    await nats.stop()
+    const failed = await login()
+    expect(failed.code).not.toBe(0)
+    expect(failed.stderr).toMatch(/auth service (is )?(unreachable|reachable)|no auth service/i)
+    // The admin socket does not need the bus: this change commits during the outage.
+    expect((await tctl("auth2", "users", "add", "outage-user", "--roles=access")).code).toBe(0)
+    await nats.restart()
+    await until("a login after NATS returns", async () => ((await login()).code === 0 ? true : undefined))
+  })
+
   it("renewed the agent's host certificate before it expired", async () => {
     const renewed = await until("instance.renew", async () => {
       const events = (await search("auth2", "instance.renew")).filter((e) => e["role"] === "db")
@@ -204,6 +217,7 @@ describe("two auth services, two proxies, one db agent, on PostgreSQL and NATS",
     const seqs = await until("the SIEM consumer to catch up", async () => {
       const lines = fs.existsSync(siemOut()) ? fs.readFileSync(siemOut(), "utf8").trim().split("\n").filter((l) => l.startsWith("{")) : []
       const s = lines.map((l) => (JSON.parse(l) as { seq: number }).seq)
+      lastError = `SIEM has ${s.length} of ${head} events:\n${siem?.output().slice(-2000)}`
       return s.length >= head ? s : undefined
     })
     expect(seqs.slice(0, head)).toEqual(Array.from({ length: head }, (_, i) => i + 1))
@@ -225,6 +239,7 @@ describe("two auth services, two proxies, one db agent, on PostgreSQL and NATS",
     await store.resume()
     const up = await until("logins answering again", async () => {
       const r = await login()
+      lastError = `login answered ${r.status}: ${r.body}\n--- auth2:\n${auths.get("auth2")?.output().slice(-3000)}`
       return r.status !== 503 ? r : undefined
     }, 90_000)
     expect(up.status, up.body).toBe(200)

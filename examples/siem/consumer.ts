@@ -33,8 +33,17 @@ const url = new URL(serverUrl)
 const nc = await connect({
   servers: `${url.protocol}//${url.host}`,
   ...(url.username === "" ? {} : { user: decodeURIComponent(url.username), pass: decodeURIComponent(url.password) }),
-  name: `remoteler-siem-${durable}`
+  name: `remoteler-siem-${durable}`,
+  // A SIEM feed outlives NATS outages: keep reconnecting (every 2 s) instead of giving up after
+  // the client's default ten attempts; the durable consumer resumes where it was.
+  maxReconnectAttempts: -1,
+  reconnectTimeWait: 2_000
 })
+void (async () => {
+  for await (const s of nc.status()) {
+    if (s.type === "disconnect" || s.type === "reconnect") console.error(`siem: NATS ${s.type}`)
+  }
+})()
 
 const jsm = await jetstreamManager(nc)
 // Creating a durable consumer that exists is a no-op when the configuration is the same.
