@@ -199,9 +199,14 @@ describe("SSH node agent with OpenSSH", () => {
       await t.waitFor(/^24 80\r?$/m)
       await t.waitFor(/^sid=[0-9a-f-]{36}\r?$/m)
       t.resize(132, 43)
-      await new Promise((r) => setTimeout(r, 300))
-      t.send("stty size; echo typed-$((2+3))\r")
-      await t.waitFor(/^43 132\r?$/m)
+      // The window change travels beside the typed bytes: ask again until the shell sees it.
+      const deadline = Date.now() + 15_000
+      while (!/^43 132\r?$/m.test(t.output()) && Date.now() < deadline) {
+        t.send("stty size\r")
+        await t.waitFor(/^43 132\r?$/m, 1_000).catch(() => undefined)
+      }
+      t.send("echo typed-$((2+3))\r")
+      await t.waitFor(/^43 132\r?$/m, 1)
       await t.waitFor(/typed-5/)
       t.send("exit\r")
       expect(await t.exited).toBe(0)
@@ -225,7 +230,7 @@ describe("SSH node agent with OpenSSH", () => {
     const events = lines.slice(1).map((l) => JSON.parse(l) as [number, string, string])
     expect(events.some(([, k, d]) => k === "r" && d === "132x43")).toBe(true)
     expect(events.filter(([, k]) => k === "o").map(([, , d]) => d).join("")).toMatch(/typed-5/)
-    expect(events.filter(([, k]) => k === "i").map(([, , d]) => d).join("")).toContain("stty size; echo typed-$((2+3))")
+    expect(events.filter(([, k]) => k === "i").map(([, , d]) => d).join("")).toContain("echo typed-$((2+3))")
     expect(createHash("sha256").update(bytes).digest("hex")).toBe(end["session_recording_sha256"])
   })
 
