@@ -270,6 +270,35 @@ export const make = (deps: LocalAuthDeps) => {
       }
     })
 
+  /** A host certificate (host CA) for an agent or proxy, with the CA material it verifies peers with. */
+  const issueHostCert = (
+    hostId: string,
+    req: { readonly node_name: string; readonly role: JoinRole; readonly tls_pub_key: string; readonly ssh_pub_key?: string | undefined }
+  ) =>
+    Effect.gen(function* () {
+      const expires = new Date(Date.now() + (settings.hostCertTtlMs ?? HOST_CERT_TTL_MS))
+      const issued = yield* ca.signHost({
+        hostId,
+        nodeName: req.node_name,
+        systemRole: req.role === "db" ? "Db" : req.role === "proxy" ? "Proxy" : "Node",
+        principals: [hostId, req.node_name],
+        dnsNames: [req.node_name],
+        ipAddresses: [],
+        tlsPublicKey: req.tls_pub_key,
+        ...(req.ssh_pub_key === undefined ? {} : { sshPublicKey: req.ssh_pub_key }),
+        expires,
+        ca: "host"
+      })
+      return {
+        host_id: hostId,
+        tls_cert: issued.tlsCert!,
+        ...(issued.sshCert === undefined ? {} : { ssh_cert: issued.sshCert }),
+        expires: expires.toISOString(),
+        // Agents verify the proxy with the host CA, and (db agents) sign upstream with the db CA later.
+        ...(yield* caMaterial("host"))
+      }
+    })
+
   const joinFailure = (req: { role: JoinRole; node_name: string; remote_addr?: string | undefined }, reason: string, tokenName?: string) =>
     write(`join/${req.node_name}`, "system", [
       Event.make(
@@ -332,19 +361,7 @@ export const make = (deps: LocalAuthDeps) => {
         if (Date.parse(token.expires) <= Date.now()) return yield* joinFailure(req, "token expired", token.name)
         if (!token.roles.includes(req.role)) return yield* joinFailure(req, `token does not allow role ${req.role}`, token.name)
         const hostId = randomUUID()
-        const expires = new Date(Date.now() + (settings.hostCertTtlMs ?? HOST_CERT_TTL_MS))
-        const issued = yield* ca.signHost({
-          hostId,
-          nodeName: req.node_name,
-          systemRole: req.role === "db" ? "Db" : req.role === "proxy" ? "Proxy" : "Node",
-          principals: [hostId, req.node_name],
-          dnsNames: [req.node_name],
-          ipAddresses: [],
-          tlsPublicKey: req.tls_pub_key,
-          ...(req.ssh_pub_key === undefined ? {} : { sshPublicKey: req.ssh_pub_key }),
-          expires,
-          ca: "host"
-        })
+        const issued = yield* issueHostCert(hostId, req)
         yield* write(`host/${hostId}`, "system", [
           Event.make("instance.join", {
             host_id: hostId,
@@ -355,43 +372,18 @@ export const make = (deps: LocalAuthDeps) => {
             ...(req.remote_addr === undefined ? {} : { "addr.remote": req.remote_addr })
           })
         ])
-        return {
-          host_id: hostId,
-          tls_cert: issued.tlsCert!,
-          ...(issued.sshCert === undefined ? {} : { ssh_cert: issued.sshCert }),
-          expires: expires.toISOString(),
-          // Agents verify the proxy with the host CA, and (db agents) sign upstream with the db CA later.
-          ...(yield* caMaterial("host"))
-        }
+        return issued
       }),
 
     "web.host_renew": (req) =>
       Effect.gen(function* () {
         // The proxy checked the agent's current certificate (host CA, not expired) and filled in
-        // host_id, node_name and role from it; a locked host gets nothing.
-        const expires = new Date(Date.now() + (settings.hostCertTtlMs ?? HOST_CERT_TTL_MS))
-        const issued = yield* ca.signHost({
-          hostId: req.host_id,
-          nodeName: req.node_name,
-          systemRole: req.role === "db" ? "Db" : req.role === "proxy" ? "Proxy" : "Node",
-          principals: [req.host_id, req.node_name],
-          dnsNames: [req.node_name],
-          ipAddresses: [],
-          tlsPublicKey: req.tls_pub_key,
-          ...(req.ssh_pub_key === undefined ? {} : { sshPublicKey: req.ssh_pub_key }),
-          expires,
-          ca: "host"
-        })
+        // host_id, node_name and role from it: the renewal keeps all three.
+        const issued = yield* issueHostCert(req.host_id, req)
         yield* write(`host/${req.host_id}`, "system", [
           Event.make("instance.renew", { host_id: req.host_id, node_name: req.node_name, role: req.role, success: true })
         ])
-        return {
-          host_id: req.host_id,
-          tls_cert: issued.tlsCert!,
-          ...(issued.sshCert === undefined ? {} : { ssh_cert: issued.sshCert }),
-          expires: expires.toISOString(),
-          ...(yield* caMaterial("host"))
-        }
+        return issued
       }),
 
     "users.reset": (req) => Effect.zipRight(requireUser(req.name), createInvite(req.name, "admin")),
