@@ -203,6 +203,24 @@ describe("MySQL through the proxy and a db agent", () => {
     expectAudit("the prepare, with Teleport's code", "db.session.mysql.statements.prepare", (e) => e["db_query"] === "INSERT INTO notes VALUES (?, ?)" && e["code"] === "TMY00I")
   })
 
+  it("packets over 16 MiB cross the relay both ways, and their audit events are cut to a size the upload takes", async () => {
+    const n = 17 * 1024 * 1024 + 5
+    const big = "x".repeat(n)
+    const conn = await connect2()
+    try {
+      const [q] = await conn.query(`SELECT LENGTH('${big}') AS n`)
+      expect(q).toEqual([{ n }])
+      const [e] = await conn.execute("SELECT LENGTH(?) AS n", [big])
+      expect(e).toEqual([{ n }])
+      const [r] = await conn.query(`SELECT REPEAT('y', ${n}) AS s`)
+      expect((r as Array<{ s: string }>)[0]!.s.length).toBe(n)
+    } finally {
+      await conn.end()
+    }
+    expectAudit("the 17 MiB query, cut", "db.session.query", (q) => typeof q["db_query"] === "string" && q["db_query"].startsWith("SELECT LENGTH('xxx") && q["db_query"].endsWith(`…(${n + 22} characters)`))
+    expectAudit("the 17 MiB parameter, cut", "db.session.query", (q) => q["db_query"] === "SELECT LENGTH(?) AS n" && Array.isArray(q["db_query_parameters"]) && String((q["db_query_parameters"] as Array<unknown>)[0]).endsWith(`…(${n} characters)`))
+  })
+
   it("ALPN remoteler-mysql on the web port: TLS first, then plain MySQL inside, greeted with the server's version", async () => {
     const sock = tls.connect({ host: "localhost", port: c.port, ALPNProtocols: ["remoteler-mysql"], ...certFiles(), servername: "localhost" })
     await new Promise((r, j) => {

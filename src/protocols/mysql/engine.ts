@@ -49,6 +49,16 @@ const AUDIT_HIGH_WATER = 1024
 const AUDIT_LOW_WATER = 256
 /** Binary parameters up to this size are audited as hex; larger ones as `$binary(len)`. */
 const BINARY_PARAM_HEX_LIMIT = 64
+/** Text parameters are audited up to this many characters, the rest cut with its length noted. */
+const TEXT_PARAM_AUDIT_LIMIT = 1024
+/**
+ * Query text is audited up to this many characters: a 20 MiB INSERT would otherwise make one audit
+ * event larger than an agent's upload may be, and hold back every event after it.
+ */
+const QUERY_AUDIT_LIMIT = 1024 * 1024
+
+/** `s`, or its first `limit` characters and how long it was. */
+const cut = (s: string, limit: number): string => (s.length <= limit ? s : `${s.slice(0, limit)}…(${s.length} characters)`)
 
 /**
  * Capabilities that change what goes over the wire after the handshake: the client negotiated
@@ -248,7 +258,7 @@ export const formatParameter = (p: BoundParam): string | null => {
   if (v instanceof Uint8Array) {
     if (TEXT_TYPES.has(p.type) || p.type === ColumnType.BLOB || p.type === ColumnType.TINY_BLOB || p.type === ColumnType.MEDIUM_BLOB || p.type === ColumnType.LONG_BLOB) {
       try {
-        return strictUtf8.decode(v)
+        return cut(strictUtf8.decode(v), TEXT_PARAM_AUDIT_LIMIT)
       } catch {
         // binary: below
       }
@@ -914,8 +924,13 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
     const done = yield* Deferred.make<EndReason>()
     const relay: Relay = new Relay(client, upstream.socket, upstream.capabilities, upstream.greeting.capabilities, {
       audit: (type, code, extra) => {
+        const r = record(type, code, typeof extra["db_query"] === "string" ? { ...extra, db_query: cut(extra["db_query"], QUERY_AUDIT_LIMIT) } : extra)
+        // The statement that switches databases runs in the old one; what follows runs in the new one.
         if (type === "db.session.mysql.init_db" && extra["success"] === true) currentSchema = String(extra["schema_name"])
-        const r = record(type, code, extra)
+        if (type === "db.session.query" && extra["success"] === true && typeof extra["db_query"] === "string" && extra["statement_id"] === undefined) {
+          const targets = useTargets(extra["db_query"])
+          if (targets.length > 0) currentSchema = targets[targets.length - 1]
+        }
         if (ctx.appendAudit !== undefined) {
           try {
             return ctx.appendAudit(r)
@@ -937,10 +952,6 @@ const handleSession = (ctx: SessionContext): Effect.Effect<void, never, Scope.Sc
             for (const w of waiting) w()
           }
         })
-        if (type === "db.session.query" && extra["success"] === true && typeof extra["db_query"] === "string" && extra["statement_id"] === undefined) {
-          const targets = useTargets(extra["db_query"])
-          if (targets.length > 0) currentSchema = targets[targets.length - 1]
-        }
       },
       checkSchema,
       onEnd: (reason) => Deferred.unsafeDone(done, Exit.succeed(reason)),
