@@ -5,7 +5,6 @@
  *     <data_dir>/recordings/<sid>.cast       header line, then one event per line:
  *                                            {"version":2,"width":80,"height":24,"timestamp":...,"env":{...}}
  *                                            [0.123456, "o", "output"]   terminal output
- *                                            [0.234567, "i", "input"]    what the user typed
  *                                            [1.5, "r", "100x30"]        a window change
  *     <data_dir>/recordings/<sid>.done       the session ended: the file is complete
  *     <data_dir>/recordings/<sid>.uploaded   how many bytes of the file auth holds
@@ -90,20 +89,20 @@ export const startRecording = (options: {
       env: options.env
     })
   )
-  // One decoder per direction: a UTF-8 character split across two reads is written whole.
+  // A UTF-8 character split across two reads is written whole.
   const out = new StringDecoder("utf8")
-  const inp = new StringDecoder("utf8")
-  const event = (code: "o" | "i" | "r", text: string) => {
+  const event = (code: "o" | "r", text: string) => {
     if (text !== "") push(JSON.stringify([elapsed(), code, text]))
   }
   return {
     output: (data) => event("o", out.write(data)),
-    input: (data) => event("i", inp.write(data)),
+    // Keystrokes are not recorded (Teleport does the same): what a user types at a prompt that does
+    // not echo (a sudo password) would be in the file. What they see, echo included, is output.
+    input: () => undefined,
     resize: (cols, rows) => event("r", `${cols}x${rows}`),
     finish: async () => {
       if (!closed) {
         event("o", out.end())
-        event("i", inp.end())
         closed = true
       }
       await flush()
