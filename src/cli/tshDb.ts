@@ -121,6 +121,8 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     if (db.protocol !== "postgres" && db.protocol !== "redis" && db.protocol !== "mysql") {
       return yield* fail(`database "${name}" speaks ${PROTOCOL_NAMES[db.protocol] ?? db.protocol}; tsh db supports PostgreSQL, MySQL and Redis for now`)
     }
+    // Before anything is asked or saved: a MySQL login is useless without the proxy's MySQL listener.
+    const mysqlAddr = db.protocol === "mysql" ? yield* mysqlProxyOf(p) : undefined
     const named = db.allowed_users.filter((u) => u !== "*")
     const user = Option.isSome(dbUser)
       ? dbUser.value
@@ -154,7 +156,7 @@ const loginToDb = (p: Profiles.LoadedProfile, name: string, dbUser: Option.Optio
     if (db.protocol === "redis") return login
     if (db.protocol === "mysql") {
       const file = MyCnf.defaultPath()
-      const c = connectionOf(yield* mysqlProxyOf(p), login)
+      const c = connectionOf(mysqlAddr ?? (yield* mysqlProxyOf(p)), login)
       yield* Effect.try({ try: () => MyCnf.writeGroup(file, p.file.cluster, name, c), catch: (e) => fail(`cannot write ${file}: ${(e as Error).message}`) })
       return login
     }
