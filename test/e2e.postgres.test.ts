@@ -82,7 +82,12 @@ describe("PostgreSQL through the proxy and a db agent", () => {
     }
     expect(listed).toMatch(/pg1/)
     expect(listed).toMatch(/env=dev/)
-    expect((await audit("resource.appeared")).some((e) => e["name"] === "pg1")).toBe(true)
+    // The inventory answers as soon as the heartbeat arrives; the appearance event is indexed just after.
+    let appeared = false
+    for (const until = Date.now() + 10_000; !appeared && Date.now() < until; await new Promise((r) => setTimeout(r, 300))) {
+      appeared = (await audit("resource.appeared")).some((e) => e["name"] === "pg1")
+    }
+    expect(appeared).toBe(true)
   })
 
   it("runs queries through psql with the user's database certificate, and audits each", async () => {
