@@ -120,13 +120,14 @@ describe("SSH through the proxy to node agents", () => {
     expect(known).toBe(`node-a.main,node-a ${key(nodeA.hostKey)}\nnode-b.main,node-b ${key(nodeB.hostKey)}\n`)
   })
 
-  it("tsh ssh returns the remote exit code and carries stdin", async () => {
+  it("tsh ssh returns the remote exit code, carries stdin, and allocates a PTY with -t", async () => {
     const login = account.name
-    const [t, f, cat, who] = await Promise.all([
+    const [t, f, cat, who, pty] = await Promise.all([
       alice.tsh(["ssh", `${login}@node-a`, "true"]),
       alice.tsh(["ssh", "-l", login, "node-a", "false"]),
       alice.tsh(["ssh", `${login}@node-a.main`, "cat"], "through the tunnel\n"),
-      alice.tsh(["ssh", `${login}@node-b`, "id", "-un", ";", "exit", "7"])
+      alice.tsh(["ssh", `${login}@node-b`, "id", "-un", ";", "exit", "7"]),
+      alice.tsh(["ssh", "-t", `${login}@node-a`, "tty"])
     ])
     expect(t.stderr).toBe("")
     expect(t.code).toBe(0)
@@ -135,6 +136,9 @@ describe("SSH through the proxy to node agents", () => {
     expect(cat.code).toBe(0)
     expect(who.stdout).toBe(`${login}\n`)
     expect(who.code).toBe(7)
+    // -t: the command runs on a pseudo-terminal
+    expect(pty.stdout).toMatch(/^\/dev\/pts\/\d+\r?\n$/)
+    expect(pty.code).toBe(0)
   })
 
   it("tsh ssh -L forwards a local port to an address the node reaches", async () => {
