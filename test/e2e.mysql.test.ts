@@ -391,11 +391,18 @@ describe("MySQL through the proxy and a db agent", () => {
     expect((await c.tctl("audit", "verify")).code).toBe(0)
   })
 
-  it("tsh db logout removes the my.cnf group", async () => {
+  it("tsh db logout and tsh logout remove the my.cnf group", async () => {
     fs.appendFileSync(path.join(home, ".my.cnf"), "\n[client]\ndefault-character-set=utf8mb4\n")
     expect((await tsh(["db", "logout", "maria1"])).code).toBe(0)
     const cnf = fs.readFileSync(path.join(home, ".my.cnf"), "utf8")
     expect(cnf).not.toMatch(/client_main-maria1/)
     expect(cnf).toMatch(/^\[client\]$/m)
+    // tsh logout takes the groups of the profile's database logins with it, and leaves the user's own.
+    expect((await tsh(["db", "login", "maria1", "--db-user=alice", "--db-name=app"])).code).toBe(0)
+    expect(fs.readFileSync(path.join(home, ".my.cnf"), "utf8")).toMatch(/client_main-maria1/)
+    expect((await tsh(["logout"])).code).toBe(0)
+    const after = fs.readFileSync(path.join(home, ".my.cnf"), "utf8")
+    expect(after).not.toMatch(/client_main-maria1/)
+    expect(after).toMatch(/^default-character-set=utf8mb4$/m)
   })
 })

@@ -108,6 +108,10 @@ export const writeGroup = (file: string, cluster: string, db: string, c: MysqlCo
   update(file, (text) => upsert(text, groupName(cluster, db), entries(c)))
 }
 
+/** Removes the groups `drop` selects (`tsh logout`: those whose ssl-cert is in the profile's key directory). */
+export const removeGroups = (file: string, drop: (group: { readonly name: string; readonly entries: Readonly<Record<string, string>> }) => boolean): boolean =>
+  readIfExists(file) === undefined ? false : update(file, (text) => removeWhere(text, drop))
+
 /** Removes the group of a database login; true when the file changed. Throws on I/O errors. */
 export const removeGroup = (file: string, cluster: string, db: string): boolean =>
   readIfExists(file) === undefined ? false : update(file, (text) => removeWhere(text, (s) => s.name === groupName(cluster, db)))

@@ -28,6 +28,7 @@ import * as path from "node:path"
 import { randomBytes } from "node:crypto"
 import { Data, Effect, Either, Option } from "effect"
 import * as YAML from "yaml"
+import * as MyCnf from "./MyCnf.ts"
 import * as PgService from "./PgServiceFile.ts"
 import { parseCertIdentity } from "./x509.ts"
 
@@ -324,7 +325,7 @@ export interface RemoveOptions {
  * directory (keys, certificates, certs.pem, database certificates), its `<proxy>.yaml`, its
  * known_hosts lines (unless another profile names the same hosts, like `ssh-keygen -R`), and
  * current-profile when it pointed there, and the `tsh db login` sections of the PostgreSQL service
- * file. Returns the profile removed, if there was one.
+ * file and groups of ~/.my.cnf. Returns the profile removed, if there was one.
  */
 export const removeLogin = (
   root: string,
@@ -351,6 +352,7 @@ export const removeLogin = (
     const pgFile = opts.pgServiceFile ?? PgService.defaultPath()
     const ours = path.resolve(keyDir) + path.sep
     PgService.removeSections(pgFile, (sec) => path.resolve(sec.entries["sslcert"] ?? "/").startsWith(ours))
+    MyCnf.removeGroups(MyCnf.defaultPath(), (g) => path.resolve(g.entries["ssl-cert"] ?? "/").startsWith(ours))
 
     const knownHosts = path.join(root, "known_hosts")
     const known = readIfExists(knownHosts)
