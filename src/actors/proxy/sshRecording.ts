@@ -87,7 +87,6 @@ const signatureBlob = (sig: Buffer, algo: string): Uint8Array => {
 
 interface Recorder {
   readonly output: (data: Buffer) => void
-  readonly input: (data: Buffer) => void
   readonly resize: (cols: number, rows: number) => void
   /** Uploads the rest, marks the recording done; its SHA-256 and size. */
   readonly finish: () => Promise<{ readonly sha256: string; readonly bytes: number } | undefined>
@@ -160,18 +159,15 @@ const startRecorder = (
 
   push(JSON.stringify({ version: 2, width: header.cols, height: header.rows, timestamp: Math.floor(Date.now() / 1000), env: header.env }))
   const out = new StringDecoder("utf8")
-  const inp = new StringDecoder("utf8")
-  const event = (code: "o" | "i" | "r", text: string) => {
+  const event = (code: "o" | "r", text: string) => {
     if (!closed && text !== "") push(JSON.stringify([elapsed(), code, text]))
   }
   return {
     output: (d) => event("o", out.write(d)),
-    input: (d) => event("i", inp.write(d)),
     resize: (cols, rows) => event("r", `${cols}x${rows}`),
     finish: async () => {
       if (closed) return undefined
       event("o", out.end())
-      event("i", inp.end())
       closed = true
       clearInterval(timer)
       const sha256 = hash.copy().digest("hex")
@@ -382,7 +378,8 @@ export const make = (ctx: ProxyContext) => {
 
         ch.on("data", (d: Buffer) => recorder?.output(d))
         ch.stderr.on("data", (d: Buffer) => recorder?.output(d))
-        channel.on("data", (d: Buffer) => recorder?.input(d))
+        // Keystrokes are not recorded (as on node agents, and in Teleport): what a user types at a
+        // prompt that does not echo (a sudo password) would be in the file. The echo is output.
         ch.pipe(channel, { end: false })
         ch.stderr.pipe(channel.stderr, { end: false })
         channel.pipe(ch)
