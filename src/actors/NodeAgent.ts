@@ -136,8 +136,14 @@ export const make = (options: NodeAgentOptions) =>
       return inflight
     }
     const trustedCaKeys = async (refresh: boolean) => {
-      // A certificate from an unknown CA asks again, but at most every 2 s: a client cannot make the node hammer auth.
-      if ((refresh && Date.now() - lastFetch > 2_000) || caKeys.length === 0) {
+      // A certificate from an unknown CA asks again, but at most every 2 s: a client cannot make the
+      // node hammer auth. Inside that window the login waits for the next ask instead of being
+      // refused, so a key minted just after a background refresh (a CA rotation) still gets in.
+      if (refresh) {
+        const wait = lastFetch + 2_000 - Date.now()
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait))
+        if (inflight !== undefined || Date.now() - lastFetch >= 2_000) await (inflight ?? fetchCaKeys()).catch(() => undefined)
+      } else if (caKeys.length === 0) {
         await fetchCaKeys().catch(() => undefined)
       }
       return caKeys
