@@ -231,6 +231,14 @@ describe("subject encoding", () => {
     )
   })
 
+  it("keeps a trait named __proto__ (fast-check found it dropped)", () => {
+    const traits = JSON.parse('{"__proto__":["x"],"logins":["a"]}') as Record<string, Array<string>>
+    const id = { username: "u", roles: [], logins: [], routeToCluster: "main", traits }
+    const back = Either.getOrThrow(decodeSubject(new Uint8Array(encodeSubject(id).toArrayBuffer())))
+    expect(Object.keys(back.traits).sort()).toEqual(["__proto__", "logins"])
+    expect(Object.getOwnPropertyDescriptor(back.traits, "__proto__")?.value).toEqual(["x"])
+  })
+
   it("rejects subjects that are not identities, without throwing", () => {
     expect(Either.isLeft(decodeSubject(new Uint8Array([1, 2, 3])))).toBe(true)
     const noCn = new x509.Name([{ "2.5.4.10": [{ utf8String: "dev" }] }])

@@ -22,7 +22,7 @@ import { isIPv4, isIPv6 } from "node:net"
 import { Data, Effect, Either, Schema } from "effect"
 import * as Der from "./internal/der.ts"
 import { Identity, RouteToDatabase, SystemRole } from "../domain/Identity.ts"
-import { Traits } from "../domain/Role.ts"
+import type { Traits } from "../domain/Role.ts"
 
 // No DOM lib here: node's WebCrypto types stand in for the global ones @peculiar/x509 names.
 type CryptoKey = webcrypto.CryptoKey
@@ -94,7 +94,23 @@ export const encodeSubject = (identity: SubjectIdentity): x509.Name =>
 const subjectDer = (identity: SubjectIdentity): Uint8Array =>
   Der.sequence(...subjectAttributes(identity).map(([oid, value]) => Der.set(Der.sequence(Der.oid(oid), Der.utf8String(value)))))
 
-const decodeTraits = Schema.decodeUnknownEither(Schema.parseJson(Traits))
+const decodeTraitValues = Schema.decodeUnknownEither(Schema.Array(Schema.String))
+/**
+ * Traits from their JSON. Rebuilt with `Object.fromEntries`, which defines every key as an own
+ * property: a decoder that assigns keys one by one turns a trait named `__proto__` into the
+ * object's prototype and the trait silently disappears.
+ */
+const decodeTraits = (text: string): Either.Either<Traits, unknown> => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch (e) {
+    return Either.left(e)
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return Either.left("not an object")
+  for (const value of Object.values(parsed)) if (Either.isLeft(decodeTraitValues(value))) return Either.left("a trait is not a list of strings")
+  return Either.right(Object.fromEntries(Object.entries(parsed as Record<string, unknown>)) as Traits)
+}
 
 /** Reads an identity back from a subject name (an `x509.Name` or its DER). Never throws. */
 export const decodeSubject = (name: x509.Name | Uint8Array): Either.Either<SubjectIdentity, X509Error> => {
