@@ -10,13 +10,12 @@
  * other line stays byte for byte.
  */
 import { spawn } from "node:child_process"
-import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { randomBytes } from "node:crypto"
 import * as tls from "node:tls"
 import { constants } from "node:os"
+import { readIfExists, updateFile } from "./internal/optionFile.ts"
 import { removeWhere, upsert } from "./PgServiceFile.ts"
 import type { Entries } from "./PgServiceFile.ts"
 
@@ -61,60 +60,18 @@ export const entries = (c: MysqlConnection): Entries => [
   ["ssl-verify-server-cert", "1"]
 ]
 
-const readIfExists = (file: string): string | undefined => {
-  try {
-    return fs.readFileSync(file, "utf8")
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined
-    throw e
-  }
-}
-
-/**
- * Rewrites the file through a temp file and a rename, keeping its mode (0600 for a new one: the
- * clients ignore a world-writable option file), following a symbolic link. Nothing left: removed.
- */
-const update = (file: string, f: (text: string) => string): boolean => {
-  const real = (() => {
-    try {
-      return fs.realpathSync(file)
-    } catch {
-      return file
-    }
-  })()
-  const before = readIfExists(real)
-  const after = f(before ?? "")
-  if (after === (before ?? "")) return false
-  if (after.trim() === "") {
-    fs.rmSync(real, { force: true })
-    return true
-  }
-  const mode = before === undefined ? 0o600 : fs.statSync(real).mode & 0o777
-  fs.mkdirSync(path.dirname(real), { recursive: true, mode: 0o700 })
-  const tmp = path.join(path.dirname(real), `.${path.basename(real)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`)
-  try {
-    fs.writeFileSync(tmp, after, { mode, flag: "wx" })
-    fs.chmodSync(tmp, mode)
-    fs.renameSync(tmp, real)
-  } catch (e) {
-    fs.rmSync(tmp, { force: true })
-    throw e
-  }
-  return true
-}
-
 /** Writes (or rewrites) the group of a database login. Throws on I/O errors. */
 export const writeGroup = (file: string, cluster: string, db: string, c: MysqlConnection): void => {
-  update(file, (text) => upsert(text, groupName(cluster, db), entries(c)))
+  updateFile(file, (text) => upsert(text, groupName(cluster, db), entries(c)))
 }
 
 /** Removes the groups `drop` selects (`tsh logout`: those whose ssl-cert is in the profile's key directory). */
 export const removeGroups = (file: string, drop: (group: { readonly name: string; readonly entries: Readonly<Record<string, string>> }) => boolean): boolean =>
-  readIfExists(file) === undefined ? false : update(file, (text) => removeWhere(text, drop))
+  readIfExists(file) === undefined ? false : updateFile(file, (text) => removeWhere(text, drop))
 
 /** Removes the group of a database login; true when the file changed. Throws on I/O errors. */
 export const removeGroup = (file: string, cluster: string, db: string): boolean =>
-  readIfExists(file) === undefined ? false : update(file, (text) => removeWhere(text, (s) => s.name === groupName(cluster, db)))
+  readIfExists(file) === undefined ? false : updateFile(file, (text) => removeWhere(text, (s) => s.name === groupName(cluster, db)))
 
 const shellQuote = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`)
 

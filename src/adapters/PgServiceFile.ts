@@ -6,10 +6,9 @@
  * comment. We rewrite only our own section and keep every other line byte for byte, so a file the
  * user maintains by hand survives any number of logins and logouts.
  */
-import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { randomBytes } from "node:crypto"
+import { readIfExists, updateFile } from "./internal/optionFile.ts"
 
 /** `$PGSERVICEFILE`, else `$HOME/.pg_service.conf` (libpq's own rule). */
 export const defaultPath = (env: NodeJS.ProcessEnv = process.env): string => {
@@ -113,56 +112,14 @@ export const removeWhere = (text: string, drop: (s: Section) => boolean): string
   return joinLines(out)
 }
 
-const readIfExists = (file: string): string | undefined => {
-  try {
-    return fs.readFileSync(file, "utf8")
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined
-    throw e
-  }
-}
-
-/**
- * Rewrites the file through a temp file and a rename, keeping its mode and, when it is a symbolic
- * link, writing where the link points. An edit that leaves nothing but blank lines deletes it.
- */
-const update = (file: string, f: (text: string) => string): boolean => {
-  const real = (() => {
-    try {
-      return fs.realpathSync(file)
-    } catch {
-      return file
-    }
-  })()
-  const before = readIfExists(real)
-  const after = f(before ?? "")
-  if (after === (before ?? "")) return false
-  if (after.trim() === "") {
-    fs.rmSync(real, { force: true })
-    return true
-  }
-  const mode = before === undefined ? 0o600 : fs.statSync(real).mode & 0o777
-  fs.mkdirSync(path.dirname(real), { recursive: true, mode: 0o700 })
-  const tmp = path.join(path.dirname(real), `.${path.basename(real)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`)
-  try {
-    fs.writeFileSync(tmp, after, { mode, flag: "wx" })
-    fs.chmodSync(tmp, mode)
-    fs.renameSync(tmp, real)
-  } catch (e) {
-    fs.rmSync(tmp, { force: true })
-    throw e
-  }
-  return true
-}
-
 /** Writes (or rewrites) section `name` of the service file. Throws on I/O errors. */
 export const writeSection = (file: string, name: string, entries: Entries): void => {
-  update(file, (text) => upsert(text, name, entries))
+  updateFile(file, (text) => upsert(text, name, entries))
 }
 
 /** Removes the sections `drop` selects; true when the file changed. Throws on I/O errors. */
 export const removeSections = (file: string, drop: (s: Section) => boolean): boolean =>
-  readIfExists(file) === undefined ? false : update(file, (text) => removeWhere(text, drop))
+  readIfExists(file) === undefined ? false : updateFile(file, (text) => removeWhere(text, drop))
 
 /** The sections of the service file (none when it does not exist). */
 export const readSections = (file: string): ReadonlyArray<Section> => parse(readIfExists(file) ?? "")
